@@ -195,7 +195,10 @@ def load_tofu(split, data_dir=None):
         rows = read_rows(os.path.join(data_dir, f"{split}.json"))
     else:
         import datasets
-        rows = list(datasets.load_dataset("locuslab/TOFU", split)["train"])
+        try:
+            rows = list(datasets.load_dataset("locuslab/TOFU", split)["train"])
+        except Exception as e:  # offline, or an unknown split name
+            fail(f"cannot load TOFU split {split!r} from the hub ({type(e).__name__}); try --data_dir")
     for col in ("question", "answer"):
         if rows and col not in rows[0]:
             fail(f"TOFU split {split!r} has no {col!r} column")
@@ -430,7 +433,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     bs, accum = args.batch_size, args.grad_accum
     micro_per_epoch = math.ceil(len(forget_ex) / bs)
     total = max(1, math.ceil(micro_per_epoch * args.epochs / accum))
-    warmup = int(args.warmup_epochs * micro_per_epoch / accum)
+    warmup = min(int(args.warmup_epochs * micro_per_epoch / accum), total // 2)  # short runs still peak
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0}],
@@ -601,10 +604,13 @@ def load_model(path, device, dtype="auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" else "float32"
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    except (OSError, ValueError) as e:  # a missing path or an unreachable hub: one line, not a traceback
+        fail(f"cannot load model {path!r}: {str(e).strip().splitlines()[0]}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     if getattr(model.config, "vocab_size", 0) < 1000:  # the toy model: eager attention is faster
         model.config._attn_implementation = "eager"
     return model, tok
