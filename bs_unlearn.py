@@ -280,6 +280,7 @@ def score(model, tok, examples, batch_size=64):
     """Per example: summed answer log-prob, answer length, tokens the greedy (argmax) prediction gets right,
     and the length of the all-correct answer suffix (for extraction strength). One forward per batch."""
     out = {k: [] for k in ("logp", "n_tokens", "n_correct", "n_suffix")}
+    was_training = model.training
     model.eval()
     for i in range(0, len(examples), batch_size):
         batch = collate(examples[i:i + batch_size], tok.pad_token_id)
@@ -293,6 +294,7 @@ def score(model, tok, examples, batch_size=64):
         out["n_tokens"].append(mask.sum(-1))
         out["n_correct"].append((hit & mask).sum(-1))
         out["n_suffix"].append((tail & mask).sum(-1))
+    model.train(was_training)
     return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
@@ -408,7 +410,6 @@ def sample_beliefs(model, tok, forget_examples, args, round=0, ref_model=None):
         beliefs = [sorted(bs, key=lambda b: -b["confidence"])[:args.bss_keep] for bs in beliefs]
     if args.bss_base == "npo":
         attach_ref_logps(ref_model or model, tok, [b for bs in beliefs for b in bs], args.gen_batch_size)
-    model.train()
     return beliefs
 
 
@@ -474,9 +475,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 with autocast(model):
                     logits = forward(model, batch)
                 loss = w * base_loss(logits, {k: v.to(device) for k, v in batch.items()}, args)
-                check_finite(loss, step)
                 (args.gamma * loss / accum).backward()
-                terms["forget"] += loss.item() / accum
+                terms["forget"] += loss.detach() / accum  # stays on the device: no sync per micro-batch
             # retain term on a retain batch
             if use_retain:
                 if r_pos + bs > len(retain_order):
@@ -492,9 +492,11 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                         loss = kl_retain_loss(logits, ref_logits, labels)
                     else:
                         loss = nll_loss(logits, labels)
-                check_finite(loss, step)
                 (args.alpha * loss / accum).backward()
-                terms["retain"] += loss.item() / accum
+                terms["retain"] += loss.detach() / accum
+        terms = {k: float(v) for k, v in terms.items()}  # one sync per step
+        if not all(map(math.isfinite, terms.values())):
+            fail(f"loss became {terms} at step {step + 1}; lower --lr or check the data")
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm).item()
         lr = sched.get_last_lr()[0]
         opt.step()
@@ -518,11 +520,6 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     if log:
         log.close()
     return model
-
-
-def check_finite(loss, step):
-    if not torch.isfinite(loss):
-        fail(f"loss became {loss.item()} at step {step + 1}; lower --lr or check the data")
 
 
 def show_answers(model, tok, *examples):
