@@ -1,0 +1,361 @@
+"""Tests for eval.py, offline and fast (~30 s on 2 CPU cores once the toy models are cached).
+
+Each metric is checked against a hand computation or the reference library (rouge_score, scipy) on tiny
+inputs; the pipeline runs end to end on a tiny random model over a few real TOFU rows (skipped without the
+files) and on the embedded example's cached models, where the numbers must say what they mean.
+
+    BS_UNLEARN_CACHE=/tmp/bscache python -m pytest tests/test_eval.py -q
+"""
+import copy
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from rouge_score import rouge_scorer
+from scipy.stats import ks_2samp
+
+import bs_unlearn as bs
+import eval as ev
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The toy models' matmuls are too small to split across threads (see eval.py --threads)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def quick_args(*extra):
+    return ev.get_args(["--max_new_tokens", "48", "--n_beliefs", "6", *extra])
+
+
+# -----------------------------------------------------------------------------------------------------
+# Metrics on tiny inputs, against hand computations
+
+
+def test_norm_prob():
+    assert ev.norm_prob([-2.0], [4])[0] == pytest.approx(math.exp(-0.5))
+    assert ev.norm_prob([0.0], [0])[0] == 1.0  # an empty answer does not divide by zero
+
+
+def test_truth_ratio_geometric_and_arithmetic():
+    # p_true 0.5; perturbed 0.1 and 0.4: geometric mean 0.2 -> R = 0.4; arithmetic mean 0.25 -> R = 0.5
+    assert ev.truth_ratio([0.5], [[0.1, 0.4]], "geo")[0] == pytest.approx(0.4)
+    assert ev.truth_ratio([0.5], [[0.1, 0.4]], "arith")[0] == pytest.approx(0.5)
+    # tiny probabilities do not underflow: the ratio is formed in logs
+    tiny = math.exp(-700)
+    assert ev.truth_ratio([tiny], [[tiny / 2, tiny / 8]], "geo")[0] == pytest.approx(0.25)
+
+
+def test_truth_ratio_aggregates():
+    R = [0.5, 2.0]
+    assert ev.tr_forget(R) == pytest.approx(0.5)  # min(0.5, 2) and min(2, 0.5)
+    assert ev.tr_keep(R) == pytest.approx((0.5 + 0.0) / 2)  # max(0, 1 - R)
+    assert ev.tr_mem(R) == pytest.approx((1 / 1.5 + 1 / 3) / 2)  # p_true / (p_true + p_pert)
+    assert ev.tr_mem([1.0]) == 0.5 and ev.tr_forget([1.0]) == 1.0
+
+
+def test_option_prob_real_authors_normalisation():
+    # p_true 0.5 against perturbed 0.25, 0.15, 0.1 -> 0.5 / 1.0
+    assert ev.option_prob([0.5], [[0.25, 0.15, 0.1]])[0] == pytest.approx(0.5)
+    # from log-probs and lengths, as evaluate_split forms it: p = exp(logp / n)
+    p = ev.norm_prob([-3.0, -8.0, -2.0, -6.0], [3, 4, 1, 2])  # e^-1, e^-2, e^-2, e^-3
+    want = math.exp(-1) / (math.exp(-1) + 2 * math.exp(-2) + math.exp(-3))
+    assert ev.option_prob(p[:1], p[None, 1:])[0] == pytest.approx(want)
+
+
+def test_hmean():
+    assert ev.hmean([0.5, 0.25]) == pytest.approx(1 / 3)  # 2 / (2 + 4)
+    assert ev.hmean([0.9, 0.0, 0.8]) == 0.0  # one zero zeroes the mean
+    assert ev.hmean([0.7]) == pytest.approx(0.7)
+    assert ev.hmean([]) is None
+
+
+def test_rouge_recall_matches_rouge_score_and_hand_lcs():
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = [("the cat sat on the mat", "the cat lay on a mat"),
+             ("Oona Falk was born in Leipzig.", "Leipzig is where Oona Falk was born, in 1927."),
+             ("cats running fast", "the cat runs"), ("a b c", "")]
+    for target, pred in pairs:
+        assert ev.rouge_recall(target, pred) == scorer.score(target, pred)["rougeL"].recall
+    # hand LCS: the, cat, on, mat = 4 of 6 target words
+    assert ev.rouge_recall("the cat sat on the mat", "the cat lay on a mat") == pytest.approx(4 / 6)
+    # stemming: cats -> cat, running / runs -> run; LCS cat, run = 2 of 3
+    assert ev.rouge_recall("cats running fast", "the cat runs") == pytest.approx(2 / 3)
+    assert ev.rouge_recall("a b c", "") == 0.0
+
+
+def test_forget_quality_is_scipy_ks_pvalue():
+    rng = np.random.default_rng(0)
+    a, b = rng.lognormal(0, 1, 50), rng.lognormal(0.5, 1, 60)
+    assert ev.forget_quality(a, b) == ks_2samp(a, b).pvalue
+    assert ev.forget_quality(a, a) == 1.0
+    assert ev.forget_quality(np.arange(20) + 100.0, np.arange(20)) < 1e-9  # disjoint samples
+
+
+def test_extraction_strength_and_exact_match():
+    # answer of 10 tokens all correct; answer of 12 with a correct suffix of 3 and 7 correct overall
+    assert ev.extraction_strength([10, 3], [10, 12]).tolist() == pytest.approx([1.0, 0.25])
+    assert ev.exact_match([10, 7], [10, 12]).tolist() == pytest.approx([1.0, 7 / 12])
+
+
+def test_fact_leak():
+    assert ev.fact_leak(["Born in LISBON.", "No idea.", "The Hollow Lantern, of course"],
+                        ["Lisbon", "Oslo", "the hollow lantern"]) == pytest.approx(2 / 3)
+
+
+def test_belief_bands():
+    # ranks 0 | 1 2 | 3 4 of five: top 20% high, next 40% mid, the rest low
+    assert ev.belief_bands([-1, -5, -2, -4, -3]) == ["high", "low", "mid", "low", "mid"]
+    assert ev.belief_bands([-3.0]) == ["high"]
+    assert ev.belief_bands([-2, -1, -3]) == ["mid", "high", "low"]
+
+
+def test_belief_deltas():
+    d = ev.belief_deltas(["high", "mid", "mid", "low"], [-1, -2, -3, -4], [-1.5, -1, -5, -4])
+    assert d["high"] == pytest.approx(-0.5) and d["mid"] == pytest.approx((1 - 2) / 2) and d["low"] == 0
+    assert (d["n_high"], d["n_mid"], d["n_low"]) == (1, 2, 1)
+    assert ev.belief_deltas(["high"], [0], [1])["low"] is None
+
+
+def fake_result(fluency=None):
+    forget = dict(prob=0.3, rouge=0.4, tr=0.7, es=0.2, em=0.5, para_prob=0.25, tr_mem=0.6, fact_hit=0.1,
+                  beliefs=dict(target=-5.0, high=-1.0, mid=-2.0, low=-3.0), rows=dict(R=[0.5, 1.0, 2.0]))
+    retain = dict(prob=0.8, rouge=0.9, tr=0.5)
+    return dict(splits=dict(forget=forget, retain=retain), fluency=fluency)
+
+
+def test_summarise_by_hand():
+    s = ev.summarise(fake_result(), retain_R=[0.5, 1.0, 2.0])
+    mu = 3 / (1 / 0.8 + 1 / 0.9 + 1 / 0.5)
+    mem = 4 / (1 / 0.8 + 1 / 0.5 + 1 / 0.75 + 1 / 0.4)  # HM(1-ES, 1-EM, 1-ParaProb, 1-TR_mem)
+    assert s["mu"] == pytest.approx(mu) and s["mu_n"] == 3
+    assert s["mem"] == pytest.approx(mem)
+    assert s["util"] == pytest.approx(mu)  # no fluency: Util = MU
+    assert s["agg"] == pytest.approx(2 / (1 / mem + 1 / mu))
+    assert s["fq"] == 1.0 and s["d_high"] == -1.0 and s["fact_leak"] == 0.1
+    s = ev.summarise(fake_result(fluency=0.5))
+    assert s["util"] == pytest.approx(2 / (1 / mu + 1 / 0.5)) and s["fq"] is None
+
+
+def test_format_table_marks_missing_numbers():
+    s = ev.summarise(fake_result())
+    text = ev.format_table({"base": s, "a_long_model_name": s})
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0].split()[1:] == [h for _, h, _ in ev.COLUMNS]
+    assert lines[1].split()[ev.COLUMNS.index(("fq", "FQ", ".2g")) + 1] == "-"  # no retain model: no FQ
+
+
+# -----------------------------------------------------------------------------------------------------
+# Bad input: one-line errors
+
+
+def fake_model_dir(path, run_config=None):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"model_type": "llama"}, f)
+    if run_config is not None:
+        with open(os.path.join(path, "run_config.json"), "w") as f:
+            json.dump(run_config, f)
+    return str(path)
+
+
+def test_missing_run_dir(tmp_path):
+    with pytest.raises(SystemExit, match="run directory not found"):
+        ev.main([str(tmp_path / "nope")])
+
+
+def test_run_dir_without_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="not a model directory"):
+        ev.main([str(tmp_path / "empty")])
+
+
+def test_runs_disagree_on_split(tmp_path):
+    a = fake_model_dir(tmp_path / "a", dict(data="toy", forget_split="forget10"))
+    b = fake_model_dir(tmp_path / "b", dict(data="toy", forget_split="forget05"))
+    with pytest.raises(SystemExit, match="disagree on --forget_split"):
+        ev.main([a, b])
+
+
+def test_tofu_needs_a_base_model(tmp_path):
+    with pytest.raises(SystemExit, match="needs the starting model"):
+        ev.main(["--data", "tofu"])
+
+
+def test_fluency_classifier_unavailable_is_one_line():
+    with pytest.raises(SystemExit, match="--fluency could not load"):
+        ev.load_fluency("/nonexistent/gibberish-classifier")
+
+
+# -----------------------------------------------------------------------------------------------------
+# Real TOFU files (skipped without them)
+
+
+def test_tofu_row_counts(tofu_dir):
+    counts = dict(full=4000, forget10=400, retain90=3600, forget10_perturbed=400, retain_perturbed=400,
+                  real_authors=100, real_authors_perturbed=100, world_facts=117, world_facts_perturbed=117)
+    for split, n in counts.items():
+        assert len(bs.load_tofu(split, tofu_dir)) == n, split
+    data = ev.load_eval_data("tofu", "forget10", tofu_dir)
+    sizes = {k: len(v) for k, v in data.items()}
+    assert sizes == dict(forget=400, retain=400, real_authors=100, world_facts=117)
+    assert all(len(r["perturbed_answer"]) == 5 and r["paraphrased_answer"] for r in data["forget"])
+    assert all(len(r["perturbed_answer"]) == 3 for r in data["real_authors"] + data["world_facts"])
+
+
+def tiny_tofu_model(rows, path):
+    """A word-level tokenizer over these rows and a tiny random Llama, saved like a real checkpoint."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    texts = [f"Question: {r['question']}\nAnswer: {a}" for r in rows
+             for a in [r["answer"], r.get("paraphrased_answer", "")] + r["perturbed_answer"]]
+    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                  pre_tokenizers.Punctuation()])
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    specials = dict(pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(specials.values())))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **specials)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_tofu_pipeline_end_to_end(tofu_dir, tmp_path):
+    data = ev.load_eval_data("tofu", "forget10", tofu_dir, max_rows=3)
+    path = tiny_tofu_model([r for rows in data.values() for r in rows], tmp_path / "tiny")
+    out = tmp_path / "eval"
+    results = ev.main(["--data", "tofu", "--data_dir", tofu_dir, "--base_model", path, "--retain_model", path,
+                       "--max_rows", "3", "--max_new_tokens", "8", "--n_beliefs", "3", "--out_dir", str(out),
+                       "--device", "cpu"])
+    assert sorted(os.listdir(out)) == ["base.json", "retain.json", "summary.json"]
+    res = json.load(open(out / "base.json"))
+    assert set(res["splits"]) == {"forget", "retain", "real_authors", "world_facts"}
+    assert all(res["splits"][s]["n"] == 3 for s in res["splits"])
+    s = res["summary"]
+    assert s["mu_n"] == 9 and s["fact_leak"] is None  # TOFU rows have no key entity
+    assert s["fq"] == 1.0  # the same model as its own retain reference
+    for k in ("forget_prob", "forget_rouge", "forget_tr", "mu", "mem", "util", "agg"):
+        assert 0 <= s[k] <= 1, k
+    assert abs(s["d_target"]) < 1e-4  # the base against itself
+    # real_authors Prob by hand: p = exp(logp / n) of the answer against its 3 perturbed answers
+    model, tok = bs.load_model(path, CPU)
+    row = data["real_authors"][0]
+    answers = [row["answer"]] + row["perturbed_answer"]
+    sc = bs.score(model, tok, [bs.encode(tok, row["question"], a) for a in answers])
+    p = [math.exp(lp / n) for lp, n in zip(sc["logp"].tolist(), sc["n_tokens"].tolist())]
+    assert res["splits"]["real_authors"]["rows"]["prob"][0] == pytest.approx(p[0] / sum(p), rel=1e-4)
+    assert results["retain"]["summary"]["fq"] == 1.0
+
+
+# -----------------------------------------------------------------------------------------------------
+# The embedded example: the cached full and retain-only models
+
+
+@pytest.fixture(scope="module")
+def toy(toy_cache):
+    """(data: 64 forget and 64 retain rows, the full model, its tokenizer, its beliefs, the retain path)."""
+    cache, full, retain = toy_cache
+    data = ev.load_eval_data("toy", "forget10", max_rows=64)
+    model, tok = bs.load_model(full, CPU)
+    beliefs = ev.draw_beliefs(model, tok, data["forget"], n=6, seed=0)
+    return data, model, tok, beliefs, retain
+
+
+def test_beliefs_drawn_once_distinct_and_banded(toy):
+    data, model, tok, beliefs, _ = toy
+    samples = beliefs["samples"]
+    assert len(beliefs["target_logp"]) == len(data["forget"]) == 64
+    assert len(samples) > 64  # the memorised model has more than one way to say each fact
+    for i, row in enumerate(data["forget"]):
+        mine = [b for b in samples if b["row"] == i]
+        assert len({b["text"] for b in mine}) == len(mine)  # distinct
+        target = bs.encode(tok, row["question"], row["answer"])
+        assert all(bs.encode(tok, row["question"], b["text"]) != target for b in mine)  # not the target
+        if mine:
+            best = max(mine, key=lambda b: b["base_logp"])
+            assert best["band"] == "high"
+    again = ev.draw_beliefs(model, tok, data["forget"], n=6, seed=0)
+    assert [b["text"] for b in again["samples"]] == [b["text"] for b in samples]  # seeded
+
+
+def test_es_counts_match_a_hand_loop(toy):
+    """ES rests on bs.score's n_suffix: check it against an explicit loop over positions."""
+    data, model, tok, _, _ = toy
+    rows = data["forget"][:6]
+    examples = [bs.encode(tok, r["question"], a) for r in rows
+                for a in (r["answer"], r["perturbed_answer"][0])]
+    s = bs.score(model, tok, examples)
+    for e, n_suffix, n_correct in zip(examples, s["n_suffix"].tolist(), s["n_correct"].tolist()):
+        with torch.no_grad():
+            pred = model(torch.tensor([e["input_ids"]])).logits[0].argmax(-1).tolist()
+        ok = [pred[t - 1] == e["labels"][t] for t in range(e["prompt_len"], len(e["input_ids"]))]
+        k = next(k for k in range(len(ok) + 1) if all(ok[k:]))  # the shortest prefix after which all match
+        assert n_suffix == len(ok) - k and n_correct == sum(ok)
+
+
+def test_starting_model(toy):
+    data, model, tok, beliefs, _ = toy
+    res = ev.evaluate(model, tok, data, beliefs, quick_args(), name="base")
+    f, s = res["splits"]["forget"], res["summary"]
+    assert f["prob"] > 0.9 and f["rouge"] > 0.8 and f["fact_hit"] > 0.9  # it knows the forget set
+    assert f["es"] > 0.8 and f["em"] > 0.9
+    assert res["splits"]["retain"]["prob"] > 0.9
+    for k in ("d_target", "d_high", "d_mid", "d_low"):  # itself against itself
+        assert abs(s[k]) < 1e-3, k
+
+
+def test_retain_only_model(toy):
+    data, _, _, beliefs, retain_path = toy
+    model, tok = bs.load_model(retain_path, CPU)
+    res = ev.evaluate(model, tok, data, beliefs, quick_args(), name="retain")
+    f = res["splits"]["forget"]
+    assert f["prob"] < 0.5 and f["fact_hit"] < 0.3  # it never saw the forget authors
+    assert res["splits"]["retain"]["prob"] > 0.9
+    assert res["summary"]["d_target"] < -5
+    assert ev.summarise(res, f["rows"]["R"])["fq"] == 1.0  # forget quality against itself
+
+
+def test_ga_lowers_forget_prob(toy):
+    data, model0, tok, beliefs, _ = toy
+    model = copy.deepcopy(model0)
+    forget, retain = bs.split_toy(bs.make_toy_data(), "forget10")
+    def enc(rows):
+        return [dict(bs.encode(tok, r["question"], r["answer"]), question=r["question"]) for r in rows]
+    # 8 steps at lr 1e-3, no warmup: a short run that clearly moves the toy model
+    args = bs.get_args(["--method", "ga", "--lr", "1e-3", "--epochs", "2", "--warmup_epochs", "0",
+                        "--sample_every", "1000"])
+    bs.train(model, tok, enc(forget), enc(retain), args)
+    before = ev.evaluate(model0, tok, data, beliefs, quick_args())["summary"]
+    after = ev.evaluate(model, tok, data, beliefs, quick_args())["summary"]
+    assert after["forget_prob"] < before["forget_prob"] - 0.2, (before["forget_prob"], after["forget_prob"])
+    assert after["d_target"] < -1 and after["mem"] > before["mem"]
+
+
+def test_cli_on_a_run(toy_cache, tmp_path):
+    cache = toy_cache[0]
+    run = str(tmp_path / "ga")
+    bs.main(["--method", "ga", "--lr", "1e-3", "--epochs", "1", "--warmup_epochs", "0", "--out_dir", run,
+             "--cache_dir", cache, "--sample_every", "1000"])
+    out = tmp_path / "eval"
+    results = ev.main([run, "--max_rows", "16", "--max_new_tokens", "32", "--n_beliefs", "4",
+                       "--out_dir", str(out), "--cache_dir", cache])
+    assert list(results) == ["base", "retain", "ga"]
+    assert sorted(os.listdir(out)) == ["base.json", "ga.json", "retain.json", "summary.json"]
+    summary = json.load(open(out / "summary.json"))["summaries"]
+    assert summary["retain"]["fq"] == 1.0 and summary["base"]["fq"] < summary["retain"]["fq"]
+    assert summary["ga"]["forget_prob"] < summary["base"]["forget_prob"]
+    assert summary["base"]["mu_n"] == 3  # the toy data has only the retain split for utility
