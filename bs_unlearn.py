@@ -94,6 +94,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.method not in FORGET_LOSSES and args.method != "bs_s":
         fail(f"unknown method {args.method!r}; choose from ga, npo, bs_t, bs_s, finetune")
+    if args.method == "bs_s" and not 0 <= args.bss_keep <= args.bss_n or args.bss_n < 1:
+        fail(f"need 1 <= --bss_n and 0 <= --bss_keep <= --bss_n (got {args.bss_n}, {args.bss_keep})")
     if args.forget_pct is not None:
         args.forget_split = f"forget{args.forget_pct:02d}"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
@@ -185,8 +187,10 @@ def read_rows(path):
         fail(f"data file not found: {path}")
     with open(path) as f:
         text = f.read()
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    return rows
+    try:
+        return json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    except json.JSONDecodeError as e:
+        fail(f"cannot parse {path}: {e}")
 
 
 def load_tofu(split, data_dir=None):
@@ -200,7 +204,7 @@ def load_tofu(split, data_dir=None):
         except Exception as e:  # offline, or an unknown split name
             fail(f"cannot load TOFU split {split!r} from the hub ({type(e).__name__}); try --data_dir")
     for col in ("question", "answer"):
-        if rows and col not in rows[0]:
+        if any(col not in r for r in rows):
             fail(f"TOFU split {split!r} has no {col!r} column")
     return rows
 
@@ -609,7 +613,7 @@ def load_model(path, device, dtype="auto"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if getattr(model.config, "vocab_size", 0) < 1000:  # the toy model: eager attention is faster
-        model.config._attn_implementation = "eager"
+        model.set_attn_implementation("eager")
     return model, tok
 
 
@@ -624,10 +628,10 @@ def main(argv=None):
         fail("--model toy only knows the toy data; pass --model for --data tofu")
     # check everything that can fail cheaply before any work, and write nothing until then
     forget_rows, retain_rows = load_data(args)
-    out = os.path.abspath(args.out_dir)
+    out = os.path.realpath(args.out_dir)  # realpath: a symlink to the model directory is the model directory
     if args.model == "toy":
         model_path = toy_model_dir(args.cache_dir, "full", args.seed)
-    if os.path.abspath(model_path) == out:
+    if os.path.realpath(model_path) == out:
         fail(f"--out_dir {args.out_dir} is the input model's directory; choose another")
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         fail(f"--out_dir {args.out_dir} is not empty; pass --overwrite or choose another")
