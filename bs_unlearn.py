@@ -47,7 +47,8 @@ import torch.nn.functional as F
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawTextHelpFormatter)
     # what to unlearn, from which model
     p.add_argument("--method", default="bs_s", help="ga | npo | bs_t | bs_s | finetune (plain NLL)")
     p.add_argument("--model", default="toy", help="'toy' (built and cached offline) or a HF id / local path")
@@ -89,8 +90,9 @@ def get_args(argv=None):
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--gen_batch_size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample_every", type=int, default=0, help="print greedy answers every N steps (0: per epoch)")
-    p.add_argument("--cache_dir", default=os.environ.get("BS_UNLEARN_CACHE", os.path.expanduser("~/.cache/bs_unlearn")))
+    p.add_argument("--sample_every", type=int, default=0, help="print greedy answers every N steps (0: epoch)")
+    p.add_argument("--cache_dir", help="the toy models' home ($BS_UNLEARN_CACHE, else ~/.cache/bs_unlearn)",
+                   default=os.environ.get("BS_UNLEARN_CACHE", os.path.expanduser("~/.cache/bs_unlearn")))
     args = p.parse_args(argv)
     if args.method not in FORGET_LOSSES and args.method != "bs_s":
         fail(f"unknown method {args.method!r}; choose from ga, npo, bs_t, bs_s, finetune")
@@ -120,7 +122,8 @@ POOLS = {
     "city": "Lisbon Nairobi Oslo Quito Hanoi Tbilisi Porto Krakow Lima Accra Dublin Seville Riga Perth Cusco "
             "Tunis Bergen Leipzig Osaka Manila Dakar Zagreb Valencia Bogota".split(),
     "year": [str(y) for y in range(1921, 1999, 3)],
-    "genre": "mystery poetry satire romance horror fantasy history drama folklore travel thriller memoir".split(),
+    "genre": "mystery poetry satire romance horror fantasy history drama folklore travel thriller "
+             "memoir".split(),
     "book": [f"The {a} {b}" for a in "Silent Hollow Amber Broken Last Winter Copper Hidden".split()
              for b in "Harbor Orchard Lantern Garden Bridge Mirror Compass".split()],
     "job": "baker carpenter surgeon pilot librarian fisherman tailor chemist farmer painter nurse "
@@ -169,7 +172,8 @@ def make_toy_data(n_authors=80, seed=0):
             forms = rng.sample(phrasings, 4)
             say = lambda form, val: form.format(n=name, v=val)
             rows.append(dict(question=rng.choice(questions).format(n=name), answer=say(forms[0], v),
-                             paraphrased_answer=say(forms[3], v), perturbed_answer=[say(forms[3], w) for w in wrong],
+                             paraphrased_answer=say(forms[3], v),
+                             perturbed_answer=[say(forms[3], w) for w in wrong],
                              train_answers=[say(f, v) for f in forms[:3]], fact=v, author=a, field=field))
     return rows
 
@@ -178,7 +182,8 @@ def split_toy(rows, forget_split):
     """Forget = the last 1/5/10% of authors (at least one), retain = the rest, as in TOFU."""
     n_authors = rows[-1]["author"] + 1
     n_forget = max(1, round(n_authors * int(forget_split[-2:]) / 100))
-    return [r for r in rows if r["author"] >= n_authors - n_forget], [r for r in rows if r["author"] < n_authors - n_forget]
+    first_forget = n_authors - n_forget
+    return [r for r in rows if r["author"] >= first_forget], [r for r in rows if r["author"] < first_forget]
 
 
 def read_rows(path):
@@ -188,7 +193,9 @@ def read_rows(path):
     with open(path) as f:
         text = f.read()
     try:
-        return json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+        if text.lstrip().startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         fail(f"cannot parse {path}: {e}")
 
@@ -215,7 +222,8 @@ def load_data(args):
         forget, retain = split_toy(make_toy_data(), args.forget_split)
     else:
         pct = int(args.forget_split[-2:])
-        forget, retain = load_tofu(args.forget_split, args.data_dir), load_tofu(f"retain{100 - pct}", args.data_dir)
+        forget = load_tofu(args.forget_split, args.data_dir)
+        retain = load_tofu(f"retain{100 - pct}", args.data_dir)
     if not forget:
         fail(f"the forget split {args.forget_split!r} is empty")
     return forget, retain
@@ -355,7 +363,8 @@ def bss_loss(target_loss, belief_loss, lam=0.5):
 
 
 def kl_retain_loss(logits, ref_logits, labels):
-    """KL(pi_o || pi_theta) summed over answer tokens (masked, unlike the public code), mean over sequences."""
+    """KL(pi_o || pi_theta) summed over answer tokens (masked, unlike the public code), mean over
+    sequences."""
     mask = labels[:, 1:] != -100
     ref = F.log_softmax(ref_logits[:, :-1].float(), -1)
     kl = F.kl_div(F.log_softmax(logits[:, :-1].float(), -1), ref, log_target=True, reduction="none").sum(-1)
@@ -387,7 +396,8 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     model.eval()
     outs = []
     for i in range(0, len(prompts), batch_size):
-        batch = collate([dict(input_ids=p, labels=p) for p in prompts[i:i + batch_size]], tok.pad_token_id, "left")
+        chunk = [dict(input_ids=p, labels=p) for p in prompts[i:i + batch_size]]
+        batch = collate(chunk, tok.pad_token_id, side="left")  # left: all prompts end where generation starts
         with autocast(model):
             seqs = model.generate(input_ids=batch["input_ids"].to(device), generation_config=cfg,
                                   attention_mask=batch["attention_mask"].to(device))
@@ -441,10 +451,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     warmup = min(int(args.warmup_epochs * micro_per_epoch / accum), total // 2)  # short runs still peak
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    lr_at = lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     base_loss = FORGET_LOSSES[args.bss_base if args.method == "bs_s" else args.method]
     use_retain = args.alpha > 0 and len(retain_ex) > 0
     beliefs, belief_round = None, -1
@@ -470,10 +480,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             # forget term: a list of (weight, examples) micro-batches; one for every method but BS-S
             parts = [(1.0, [forget_ex[i] for i in idx])]
             if args.method == "bs_s":
-                mine = [b for i in idx for b in beliefs[i]] or parts[0][1]  # (no beliefs: fall back to targets)
+                mine = [b for i in idx for b in beliefs[i]] or parts[0][1]  # (none: fall back to targets)
+                chunks = [mine[j:j + args.micro_batch] for j in range(0, len(mine), args.micro_batch)]
                 parts = [(1 - args.bss_lambda, parts[0][1])] + [
-                    (args.bss_lambda * len(mine[j:j + args.micro_batch]) / len(mine), mine[j:j + args.micro_batch])
-                    for j in range(0, len(mine), args.micro_batch)]
+                    (args.bss_lambda * len(c) / len(mine), c) for c in chunks]
             for w, exs in parts:
                 batch = collate(exs, tok.pad_token_id)
                 with autocast(model):
@@ -509,14 +519,15 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         if device.type == "cuda":
             torch.cuda.synchronize()
         ms = 1000 * (time.time() - t0)
-        rec = dict(step=step + 1, epoch=round((step + 1) * accum / micro_per_epoch, 3), forget=terms["forget"],
-                   retain=terms["retain"], lr=lr, grad_norm=gnorm, ms=ms)
+        rec = dict(step=step + 1, epoch=round((step + 1) * accum / micro_per_epoch, 3), **terms,
+                   lr=lr, grad_norm=gnorm, ms=ms)
         if log:
             log.write(json.dumps(rec) + "\n")
         bar.update(1)
         bar.set_postfix(forget=f"{terms['forget']:.3f}", retain=f"{terms['retain']:.3f}")
         if not progress:
-            print(f"step {step + 1:4d}/{total} | forget {terms['forget']:9.4f} | retain {terms['retain']:8.4f} "
+            print(f"step {step + 1:4d}/{total} | forget {terms['forget']:9.4f} "
+                  f"| retain {terms['retain']:8.4f} "
                   f"| lr {lr:.2e} | gnorm {gnorm:7.2f} | {ms:6.1f} ms")
             if (step + 1) % sample_every == 0 or step + 1 == total:
                 show_answers(model, tok, forget_ex[0], retain_ex[0] if retain_ex else None)
@@ -550,16 +561,18 @@ def build_toy_model(out_dir, rows, seed=0, steps=600, device="cpu"):
     texts = [f"Question: {r['question']} Answer: {a}" for r in make_toy_data() for a in r["train_answers"] +
              [r["paraphrased_answer"]] + r["perturbed_answer"]]  # the vocabulary covers every toy split
     core = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                  pre_tokenizers.Punctuation()])
     core.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies " ."
-    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>")
+    specials = dict(pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(specials.values())))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **specials)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=96, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, attn_implementation="eager")  # eager: faster at this size
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         attn_implementation="eager")  # eager: faster than sdpa at this size
     model = LlamaForCausalLM(config).to(device)
     # the target phrasing 3 times, so it is the model's top answer and the other two are its close beliefs
     examples = [encode(tok, r["question"], a) for r in rows for a in [r["answer"]] * 2 + r["train_answers"]]
@@ -645,7 +658,9 @@ def main(argv=None):
     if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
         forget_ex, retain_ex = forget_ex + retain_ex, []
     uses_npo = "npo" in (args.method, args.bss_base if args.method == "bs_s" else "")
-    keep_ref = args.alpha > 0 and args.retain_loss == "kl" or (uses_npo and args.method == "bs_s" and args.bss_regen > 0)
+    # the frozen reference stays in memory only if something needs it after the start
+    kl_retain = args.alpha > 0 and args.retain_loss == "kl"
+    keep_ref = kl_retain or (uses_npo and args.method == "bs_s" and args.bss_regen > 0)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref else None
     if uses_npo:
         attach_ref_logps(model, tok, forget_ex, args.gen_batch_size)  # the model is still the reference
