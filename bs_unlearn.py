@@ -389,6 +389,9 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     """Batched generation with left padding and a KV cache. prompts: lists of token ids. Returns, for each
     prompt, n lists of new token ids, cut after the first EOS (kept, so it can be scored)."""
     from transformers import GenerationConfig
+    limit = getattr(model.config, "max_position_embeddings", None)  # never run past the trained positions
+    if limit:
+        max_new_tokens = max(1, min(max_new_tokens, limit - max(map(len, prompts))))
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                            **(dict(temperature=temperature, top_k=0, top_p=1.0) if do_sample else {}))

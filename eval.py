@@ -422,7 +422,7 @@ def summarise(res, retain_R=None):
                 fq=forget_quality(f["rows"]["R"], retain_R) if retain_R is not None else None,
                 mu=mu, mu_n=len(mu_parts),
                 es=f["es"], em=f["em"], para_prob=f["para_prob"], tr_mem=f["tr_mem"], mem=mem,
-                fluency=res.get("fluency"), util=util, agg=hmean([mem, util]))
+                fluency=res.get("fluency"), util=util, agg=hmean([mem, util]) if util is not None else None)
 
 
 def load_fluency(name=FLUENCY_MODEL, device="cpu", batch_size=64):
