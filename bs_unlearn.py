@@ -582,7 +582,12 @@ def build_toy_model(out_dir, rows, seed=0, steps=600, device="cpu"):
     n_epochs = steps * 64 / len(examples)
     args = get_args(["--method", "finetune", "--lr", "3e-3", "--batch_size", "64", "--epochs", str(n_epochs),
                      "--warmup_epochs", str(n_epochs / 20), "--alpha", "0", "--seed", str(seed)])
-    train(model, tok, examples, [], args, progress=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a fixed thread count makes the same model on any machine with this CPU type
+    try:
+        train(model, tok, examples, [], args, progress=True)
+    finally:
+        torch.set_num_threads(threads)
     s = score(model, tok, [encode(tok, r["question"], r["answer"]) for r in rows])
     acc = s["n_correct"].sum().item() / s["n_tokens"].sum().item()
     print(f"  answer-token accuracy {acc:.1%} on {len(rows)} questions; saved to {out_dir}")
