@@ -389,7 +389,7 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     """Batched generation with left padding and a KV cache. prompts: lists of token ids. Returns, for each
     prompt, n lists of new token ids, cut after the first EOS (kept, so it can be scored)."""
     from transformers import GenerationConfig
-    limit = getattr(model.config, "max_position_embeddings", None)  # never run past the trained positions
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)  # stay within positions
     if limit:
         max_new_tokens = max(1, min(max_new_tokens, limit - max(map(len, prompts))))
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
@@ -595,12 +595,13 @@ def build_toy_model(out_dir, rows, seed=0, steps=600, device="cpu"):
     tok.save_pretrained(out_dir)
 
 
-def ensure_toy_models(cache_dir, forget_split="forget10", seed=0):
-    """Build (once) the full toy model and the retain-only model for this split; return their paths."""
+def ensure_toy_models(cache_dir, forget_split="forget10", seed=0, with_retain=True):
+    """Build (once) the full toy model and the retain-only model for this split; return their paths.
+    Unlearning needs only the full model; eval.py builds the retain-only one when it first needs it."""
     rows = make_toy_data()
     forget, retain = split_toy(rows, forget_split)
     retain_name = f"retain{100 - int(forget_split[-2:])}"
-    for which, data in (("full", rows), (retain_name, retain)):
+    for which, data in (("full", rows), (retain_name, retain))[:2 if with_retain else 1]:
         path = toy_model_dir(cache_dir, which, seed)
         if not os.path.isfile(os.path.join(path, "config.json")):
             t0 = time.time()
@@ -658,7 +659,7 @@ def main(argv=None):
         fail(f"--out_dir {args.out_dir} is not empty; pass --overwrite or choose another")
     device = pick_device(args.device)
     if args.model == "toy":
-        model_path, _ = ensure_toy_models(args.cache_dir, args.forget_split, args.seed)
+        model_path, _ = ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
     t0 = time.time()
     model, tok = load_model(model_path, device, args.dtype)
     forget_ex = [dict(encode(tok, r["question"], r["answer"]), question=r["question"]) for r in forget_rows]
