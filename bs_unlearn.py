@@ -287,6 +287,12 @@ def forward(model, batch):
                  position_ids=batch["position_ids"].to(device)).logits  # (B, T, V)
 
 
+def autocast(model):
+    """bf16 autocast on CUDA (the matmuls), fp32 elsewhere."""
+    device = next(model.parameters()).device
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def score(model, tok, examples, batch_size=64):
     """Per example: summed answer log-prob, answer length, tokens the greedy (argmax) prediction gets right,
@@ -308,12 +314,6 @@ def score(model, tok, examples, batch_size=64):
         out["n_suffix"].append((tail & mask).sum(-1))
     model.train(was_training)
     return {k: torch.cat(v).cpu() for k, v in out.items()}
-
-
-def autocast(model):
-    """bf16 autocast on CUDA (the matmuls), fp32 elsewhere."""
-    device = next(model.parameters()).device
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 # -----------------------------------------------------------------------------------------------------
