@@ -440,6 +440,46 @@ def attach_ref_logps(ref_model, tok, examples, batch_size=64):
 # Training loop
 
 
+def round_to_bf16(x):
+    """fp32 -> bf16 by stochastic rounding: up or down at random, with the probabilities that make the
+    expected result exactly x. bf16 is the top 16 bits of fp32: add uniform noise to the 16 bits that are
+    dropped, then drop them."""
+    bits = x.view(torch.int32) + torch.randint_like(x, 0, 1 << 16, dtype=torch.int32)
+    return (bits & -65536).view(torch.float32).to(torch.bfloat16)  # -65536 = 0xFFFF0000
+
+
+class BF16AdamW(torch.optim.Optimizer):
+    """AdamW for bf16 weights, with bf16 moments (8 bytes per parameter: an 8B model fits an 80 GB card).
+    The update is computed in fp32 and stored with stochastic rounding. torch's AdamW rounds bf16 weights to
+    nearest, which drops every update below half the gap between neighbouring bf16 numbers: at lr 1e-5 a
+    weight of 0.02 (neighbours 1.2e-4 apart) never moves. Same equations as torch.optim.AdamW."""
+
+    def __init__(self, groups, lr, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                state["t"] += 1
+                store = round_to_bf16 if p.dtype == torch.bfloat16 else (lambda x: x)
+                g = p.grad.float()
+                m = state["m"].float().lerp_(g, 1 - b1)  # moving averages of the gradient and its square
+                v = state["v"].float().lerp_(g * g, 1 - b2)
+                state["m"].copy_(store(m))
+                state["v"].copy_(store(v))
+                m_hat, v_hat = m / (1 - b1 ** state["t"]), v / (1 - b2 ** state["t"])  # bias correction
+                w = p.float().mul_(1 - lr * wd)  # decoupled weight decay
+                p.copy_(store(w.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)))
+
+
+
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False):
     """Minimise gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
     pairs a forget batch with a retain batch. For BS-S the forget term is spread over micro-batches:
@@ -455,7 +495,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    if any(p.dtype == torch.bfloat16 for p in decay):  # bf16 weights need stochastic rounding
+        opt = BF16AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+    else:
+        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     lr_at = lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     base_loss = FORGET_LOSSES[args.bss_base if args.method == "bs_s" else args.method]
@@ -484,6 +527,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             parts = [(1.0, [forget_ex[i] for i in idx])]
             if args.method == "bs_s":
                 mine = [b for i in idx for b in beliefs[i]] or parts[0][1]  # (none: fall back to targets)
+                mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
                 chunks = [mine[j:j + args.micro_batch] for j in range(0, len(mine), args.micro_batch)]
                 parts = [(1 - args.bss_lambda, parts[0][1])] + [
                     (args.bss_lambda * len(c) / len(mine), c) for c in chunks]
