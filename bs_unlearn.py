@@ -454,13 +454,14 @@ class BF16AdamW(torch.optim.Optimizer):
     nearest, which drops every update below half the gap between neighbouring bf16 numbers: at lr 1e-5 a
     weight of 0.02 (neighbours 1.2e-4 apart) never moves. Same equations as torch.optim.AdamW."""
 
+    slice_size = 1 << 24  # numbers updated at a time, so the fp32 temporaries stay small even at 8B
+
     def __init__(self, groups, lr, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -468,16 +469,22 @@ class BF16AdamW(torch.optim.Optimizer):
                 if not state:
                     state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
                 state["t"] += 1
-                store = round_to_bf16 if p.dtype == torch.bfloat16 else (lambda x: x)
-                g = p.grad.float()
-                m = state["m"].float().lerp_(g, 1 - b1)  # moving averages of the gradient and its square
-                v = state["v"].float().lerp_(g * g, 1 - b2)
-                state["m"].copy_(store(m))
-                state["v"].copy_(store(v))
-                m_hat, v_hat = m / (1 - b1 ** state["t"]), v / (1 - b2 ** state["t"])  # bias correction
-                w = p.float().mul_(1 - lr * wd)  # decoupled weight decay
-                p.copy_(store(w.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)))
+                slices = (x.view(-1).split(self.slice_size) for x in (p, p.grad, state["m"], state["v"]))
+                for w, g, m, v in zip(*slices):
+                    self.update(w, g, m, v, state["t"], group)
 
+    @staticmethod
+    def update(w, g, m, v, t, group):
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        store = round_to_bf16 if w.dtype == torch.bfloat16 else (lambda x: x)
+        g = g.float()
+        m32 = m.float().lerp_(g, 1 - b1)  # moving averages of the gradient and of its square
+        v32 = v.float().lerp_(g * g, 1 - b2)
+        m.copy_(store(m32))
+        v.copy_(store(v32))
+        m_hat, v_hat = m32 / (1 - b1 ** t), v32 / (1 - b2 ** t)  # bias correction
+        w32 = w.float().mul_(1 - lr * wd)  # decoupled weight decay, then the Adam step
+        w.copy_(store(w32.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)))
 
 
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False):
