@@ -57,8 +57,8 @@ Choices:
 2. A random-weight model never says EOS, so its greedy answers would all run to eval.py's 200-token cap;
    we cap them at the longest reference answer, where a fine-tuned model stops.
 3. bs.train samples BS-S's beliefs itself, inside its first step. On the gpu we time bs.sample_beliefs on
-   its own and hand its beliefs to bs.train (`given_beliefs`), so step times and peak memory are those of
-   training alone; on the cpu the runs are the real thing, sampling included.
+   its own and hand its beliefs to bs.train (its `beliefs` argument), so step times and peak memory are
+   those of training alone; on the cpu the runs are the real thing, sampling included.
 """
 import argparse
 import contextlib
@@ -340,18 +340,6 @@ def matmul_rate(device, dtype, n, repeats, warmup=1, iters=20):
     return 2 * n ** 3 * iters / median(secs)
 
 
-@contextlib.contextmanager
-def given_beliefs(beliefs):
-    """Choice 3: bs.train calls bs.sample_beliefs in its first step; make that call return the beliefs we
-    just timed, so the step times below are training alone. (A `beliefs=` argument to train would do.)"""
-    real = bs.sample_beliefs
-    bs.sample_beliefs = lambda *a, **k: beliefs
-    try:
-        yield
-    finally:
-        bs.sample_beliefs = real
-
-
 def time_train(model, tok, forget_ex, retain_ex, targs, steps, beliefs=None):
     """bs.train for exactly `steps` optimizer steps; returns its log's per-step ms and the peak memory."""
     device = next(model.parameters()).device
@@ -360,8 +348,8 @@ def time_train(model, tok, forget_ex, retain_ex, targs, steps, beliefs=None):
     with tempfile.TemporaryDirectory() as tmp:
         reset_peak(device)
         log = os.path.join(tmp, "log.jsonl")
-        with given_beliefs(beliefs) if beliefs is not None else contextlib.nullcontext(), quiet():
-            bs.train(model, tok, forget_ex, retain_ex, targs, log_path=log, progress=True)
+        with quiet():
+            bs.train(model, tok, forget_ex, retain_ex, targs, log_path=log, progress=True, beliefs=beliefs)
         return [rec["ms"] for rec in read_log(log)], peak_mib(device)
 
 

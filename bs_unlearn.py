@@ -487,10 +487,12 @@ class BF16AdamW(torch.optim.Optimizer):
         w.copy_(store(w32.addcdiv_(m_hat, v_hat.sqrt_().add_(eps), value=-lr)))
 
 
-def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False):
+def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False,
+          beliefs=None):
     """Minimise gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
     pairs a forget batch with a retain batch. For BS-S the forget term is spread over micro-batches:
-    the target batch with weight (1 - lambda), then its beliefs with weight lambda / (number of beliefs)."""
+    the target batch with weight (1 - lambda), then its beliefs with weight lambda / (number of beliefs).
+    `beliefs` (as sample_beliefs returns them) replaces the first round of sampling."""
     from tqdm.auto import tqdm
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
@@ -510,7 +512,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     base_loss = FORGET_LOSSES[args.bss_base if args.method == "bs_s" else args.method]
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    beliefs, belief_round = None, -1
+    belief_round = 0 if beliefs is not None else -1
     retain_order, r_pos = [], 0
     sample_every = args.sample_every or max(1, micro_per_epoch // accum)
     log = open(log_path, "a") if log_path else None

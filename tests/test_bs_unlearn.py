@@ -668,6 +668,27 @@ def test_bss_beliefs_sampled_once_per_round(toy, monkeypatch):
     assert rounds == [0, 1]  # on-policy: resampled every epoch
 
 
+def test_bss_given_beliefs_replace_the_first_round(toy, monkeypatch, tmp_path):
+    # beliefs that are copies of the targets: (1 - lam) L(targets) + lam L(targets) = BS-T on the targets
+    model0, tok, forget_ex, retain_ex = toy
+    a, log_a = run_train(toy, "bs_t", "--epochs", "0.5", tmp_path=tmp_path)
+    rounds = []
+    real = bs.sample_beliefs
+    monkeypatch.setattr(bs, "sample_beliefs", lambda *a, **k: rounds.append(a[4]) or real(*a, **k))
+    b = copy.deepcopy(model0)
+    copies = [[dict(e)] for e in forget_ex]
+    bs.train(b, tok, forget_ex, retain_ex, train_args("bs_s", "--epochs", "0.5"), beliefs=copies,
+             log_path=str(tmp_path / "b.jsonl"))
+    assert rounds == []  # nothing sampled
+    log_b = [json.loads(line) for line in open(tmp_path / "b.jsonl")]
+    assert [r["forget"] for r in log_b] == pytest.approx([r["forget"] for r in log_a], rel=1e-5)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):  # (summation order: ~3e-6 of a 1.5e-3 move)
+        assert torch.allclose(p, q, atol=3e-5), n
+    bs.train(copy.deepcopy(model0), tok, forget_ex[:16], retain_ex, train_args("bs_s", "--bss_regen", "1"),
+             beliefs=copies[:16])
+    assert rounds == [1]  # 2 epochs, resampled every epoch: only round 1 is sampled
+
+
 # -----------------------------------------------------------------------------------------------------
 # bf16 weights: AdamW with stochastic rounding
 
