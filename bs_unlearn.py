@@ -443,16 +443,19 @@ def attach_ref_logps(ref_model, tok, examples, batch_size=64):
 def round_to_bf16(x):
     """fp32 -> bf16 by stochastic rounding: up or down at random, with the probabilities that make the
     expected result exactly x. bf16 is the top 16 bits of fp32: add uniform noise to the 16 bits that are
-    dropped, then drop them."""
+    dropped, then drop them. (Sign and magnitude are separate bits, so negative numbers round the same way.)
+    NaN is kept as NaN: the integer add would turn some NaN bit patterns into 0 or inf."""
     bits = x.view(torch.int32) + torch.randint_like(x, 0, 1 << 16, dtype=torch.int32)
-    return (bits & -65536).view(torch.float32).to(torch.bfloat16)  # -65536 = 0xFFFF0000
+    rounded = (bits & -65536).view(torch.float32)  # -65536 = 0xFFFF0000
+    return torch.where(x.isnan(), x, rounded).to(torch.bfloat16)
 
 
 class BF16AdamW(torch.optim.Optimizer):
-    """AdamW for bf16 weights, with bf16 moments (8 bytes per parameter: an 8B model fits an 80 GB card).
-    The update is computed in fp32 and stored with stochastic rounding. torch's AdamW rounds bf16 weights to
-    nearest, which drops every update below half the gap between neighbouring bf16 numbers: at lr 1e-5 a
-    weight of 0.02 (neighbours 1.2e-4 apart) never moves. Same equations as torch.optim.AdamW."""
+    """AdamW for bf16 weights. The update is computed in fp32 and stored with stochastic rounding. torch's
+    AdamW rounds bf16 weights to nearest, which drops every update below half the gap between neighbouring
+    bf16 numbers: at lr 1e-5 a weight of 0.02 (neighbours 1.2e-4 apart) never moves. Same equations as
+    torch.optim.AdamW; the moments are bf16 too, so weights, gradients and moments take 8 bytes per
+    parameter, as with torch's AdamW on bf16 weights. (fp32 weights also work, unrounded: the tests use that.)"""
 
     slice_size = 1 << 24  # numbers updated at a time, so the fp32 temporaries stay small even at 8B
 
@@ -460,26 +463,28 @@ class BF16AdamW(torch.optim.Optimizer):
         super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if not state:
+                if not state:  # t: steps taken; m, v: moving averages of the gradient and of its square
                     state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
                 state["t"] += 1
+                # the same slice of the weights, their gradient and both moments, one slice at a time
                 slices = (x.view(-1).split(self.slice_size) for x in (p, p.grad, state["m"], state["v"]))
                 for w, g, m, v in zip(*slices):
                     self.update(w, g, m, v, state["t"], group)
 
     @staticmethod
     def update(w, g, m, v, t, group):
+        """One AdamW step on one slice, in fp32; `store` writes the results back in the weights' dtype."""
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         store = round_to_bf16 if w.dtype == torch.bfloat16 else (lambda x: x)
         g = g.float()
-        m32 = m.float().lerp_(g, 1 - b1)  # moving averages of the gradient and of its square
-        v32 = v.float().lerp_(g * g, 1 - b2)
+        m32 = m.float().lerp_(g, 1 - b1)  # m <- b1 m + (1 - b1) g
+        v32 = v.float().lerp_(g * g, 1 - b2)  # v <- b2 v + (1 - b2) g^2
         m.copy_(store(m32))
         v.copy_(store(v32))
         m_hat, v_hat = m32 / (1 - b1 ** t), v32 / (1 - b2 ** t)  # bias correction
@@ -489,10 +494,11 @@ class BF16AdamW(torch.optim.Optimizer):
 
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False,
           beliefs=None):
-    """Minimise gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
-    pairs a forget batch with a retain batch. For BS-S the forget term is spread over micro-batches:
-    the target batch with weight (1 - lambda), then its beliefs with weight lambda / (number of beliefs).
-    `beliefs` (as sample_beliefs returns them) replaces the first round of sampling."""
+    """Minimise gamma * L_forget + alpha * L_retain with AdamW (BF16AdamW for bf16 weights), warmup then
+    linear decay. Each micro-step pairs a forget batch with a retain batch. For BS-S the forget term is
+    spread over micro-batches: the target batch with weight (1 - lambda), then its beliefs with weight
+    lambda / (number of beliefs). BS-S only: `beliefs`, as sample_beliefs returns them for forget_ex,
+    replaces the first round of sampling (later rounds, with --bss_regen, are still sampled here)."""
     from tqdm.auto import tqdm
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
