@@ -42,6 +42,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bf16_adamw import BF16AdamW
+
 # -----------------------------------------------------------------------------------------------------
 # Config
 
@@ -443,56 +445,6 @@ def attach_ref_logps(ref_model, tok, examples, batch_size=64):
 # Training loop
 
 
-def round_to_bf16(x):
-    """fp32 -> bf16 by stochastic rounding: up or down at random, with the probabilities that make the
-    expected result exactly x. bf16 is the top 16 bits of fp32: add uniform noise to the 16 bits that are
-    dropped, then drop them. (Sign and magnitude are separate bits, so negative numbers round the same way.)
-    NaN is kept as NaN: the integer add would turn some NaN bit patterns into 0 or inf."""
-    bits = x.view(torch.int32) + torch.randint_like(x, 0, 1 << 16, dtype=torch.int32)
-    rounded = (bits & -65536).view(torch.float32)  # -65536 = 0xFFFF0000
-    return torch.where(x.isnan(), x, rounded).to(torch.bfloat16)
-
-
-class BF16AdamW(torch.optim.Optimizer):
-    """AdamW for bf16 weights whose new weights are stored with stochastic rounding. torch's AdamW rounds bf16
-    weights to nearest, which drops every update below half the gap between neighbouring bf16 numbers: at
-    lr 1e-5 a weight of 0.02 (neighbours 1.2e-4 apart) never moves. Same equations as torch.optim.AdamW, and
-    the same memory: bf16 weights, gradients and moments, 8 bytes per parameter. The moments are rounded to
-    nearest, as in torch: with betas (0.9, 0.95) a step moves them by 5-10% of the new value's difference,
-    well above bf16's 0.4% resolution. (fp32 weights work too, unrounded: the tests compare with torch.)"""
-
-    slice_size = 1 << 24  # numbers updated at a time, so the fp32 temporaries stay small even at 8B
-
-    def __init__(self, groups, lr, betas=(0.9, 0.95), eps=1e-8):
-        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:  # t: steps taken; m, v: moving averages of the gradient and of its square
-                    state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
-                state["t"] += 1
-                # the same slice of the weights, their gradient and both moments, one slice at a time
-                slices = (x.view(-1).split(self.slice_size) for x in (p, p.grad, state["m"], state["v"]))
-                for w, g, m, v in zip(*slices):
-                    self.update(w, g, m, v, state["t"], group)
-
-    @staticmethod
-    def update(w, g, m, v, t, group):
-        """One AdamW step on one slice. Only the new weights are computed and rounded in fp32."""
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        m.lerp_(g, 1 - b1)  # m <- b1 m + (1 - b1) g
-        v.lerp_(g * g, 1 - b2)  # v <- b2 v + (1 - b2) g^2
-        denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)  # sqrt(v_hat) + eps
-        w32 = w.float().mul_(1 - lr * wd)  # decoupled weight decay, then the Adam step with m_hat = m / bc1
-        w32.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
-        w.copy_(round_to_bf16(w32) if w.dtype == torch.bfloat16 else w32)
-
-
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False,
           beliefs=None):
     """Minimise gamma * L_forget + alpha * L_retain with AdamW (BF16AdamW for bf16 weights), warmup then
@@ -511,7 +463,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if args.bf16_rounding == "stochastic" and any(p.dtype == torch.bfloat16 for p in decay):
+    if args.bf16_rounding == "stochastic" and any(p.dtype == torch.bfloat16 for p in decay):  # bf16_adamw.py
         opt = BF16AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
     else:
         opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
