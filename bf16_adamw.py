@@ -28,14 +28,17 @@ def round_to_bf16(x):
 class BF16AdamW(torch.optim.Optimizer):
     """torch's AdamW, except that new bf16 weights are stored by stochastic rounding. torch rounds them to
     nearest, which drops every update below half the gap between neighbouring bf16 numbers: at lr 1e-5 a
-    weight of 0.02 (neighbours 1.2e-4 apart) never moves. Moments stay bf16, rounded to nearest as in torch
-    (with betas (0.9, 0.95) each step moves them by 5-10%, far above bf16's resolution), so memory is the
-    same: 8 bytes per parameter. Works one slice of 16M numbers at a time, so the fp32 copy stays small."""
+    weight of 0.02 (neighbours 1.2e-4 apart) never moves. Moments stay bf16, rounded to nearest as in torch,
+    so memory is the same: 8 bytes per parameter. That needs beta2 <= 0.99: each step moves v by (1 - beta2)
+    of its gap to g^2, and below 1% (torch's default 0.999) the rounding error biases v. Works one slice of
+    16M numbers at a time, so the fp32 copy (and its temporaries, ~0.3 GiB) stays small."""
 
     slice_size = 1 << 24
 
-    def __init__(self, groups, lr, betas=(0.9, 0.95), eps=1e-8):
-        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=0.0))
+    def __init__(self, groups, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
+        if betas[1] > 0.99:
+            raise ValueError(f"BF16AdamW keeps bf16 moments, which need beta2 <= 0.99; got {betas[1]}")
+        super().__init__(groups, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):

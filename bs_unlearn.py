@@ -29,6 +29,8 @@ Deviations from the paper and its public code:
 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the
    reference model is kept in memory only for the KL retain term or on-policy NPO beliefs.
 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
+7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
+   below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
 """
 import argparse
 import copy
@@ -41,8 +43,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from bf16_adamw import BF16AdamW
 
 # -----------------------------------------------------------------------------------------------------
 # Config
@@ -463,7 +463,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if args.bf16_rounding == "stochastic" and any(p.dtype == torch.bfloat16 for p in decay):  # bf16_adamw.py
+    if args.bf16_rounding == "stochastic" and any(p.dtype == torch.bfloat16 for p in decay):
+        from bf16_adamw import BF16AdamW  # (a file of its own: numerics, not the method)
         opt = BF16AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
     else:
         opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")

@@ -12,6 +12,7 @@ import bf16_adamw  # noqa: E402
 
 def test_round_to_bf16_is_unbiased():
     # 1 + 0.3 ulp lies between the bf16 numbers 1 and 1 + 2^-7: it must round up 30% of the time
+    torch.manual_seed(0)
     for x in (1.0 + 0.3 * 2 ** -7, -(0.02 + 1e-5)):
         xs = torch.full((100_000,), x)
         r = bf16_adamw.round_to_bf16(xs)
@@ -59,6 +60,11 @@ def test_bf16_adamw_applies_small_updates():
     for _ in range(10):
         p.grad = g.clone()
         opt.step()
-    assert p.dtype == torch.bfloat16 and opt.state[p]["m"].dtype == torch.bfloat16
+    assert p.dtype == opt.state[p]["m"].dtype == opt.state[p]["v"].dtype == torch.bfloat16  # 8 bytes per weight
     moved = ((w0 - p.float()) * g.float().sign()).mean().item()  # along -sign(grad)
     assert abs(moved - 1e-4) < 5e-6, moved
+
+
+def test_bf16_adamw_refuses_a_beta2_its_bf16_moments_cannot_hold():
+    with pytest.raises(ValueError, match="beta2"):
+        bf16_adamw.BF16AdamW([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, betas=(0.9, 0.999))

@@ -670,6 +670,7 @@ def test_bss_beliefs_sampled_once_per_round(toy, monkeypatch):
 
 def test_bss_given_beliefs_replace_the_first_round(toy, monkeypatch):
     # given the beliefs train would sample itself, train must not sample and must end at the same weights
+    # (in fp32; in bf16 the stochastic rounding draws from the RNG that sampling reseeds)
     model0, tok, forget_ex, retain_ex = toy
     args = train_args("bs_s", "--epochs", "0.5")
     sampled = bs.sample_beliefs(model0, tok, forget_ex, args, 0)
