@@ -78,6 +78,7 @@ import time
 import torch
 
 import bs_unlearn as bs
+import toy_world
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -216,12 +217,12 @@ def bench_cpu(args):
             cache = os.path.join(tmp, "cache")  # (the user's cache is left as it is)
             t0 = time.perf_counter()
             with quiet():
-                bs.ensure_toy_models(cache, with_retain=False)  # what the quick start builds
+                toy_world.ensure_toy_models(cache, with_retain=False)  # what the quick start builds
                 out["build_full_s"] = time.perf_counter() - t0
-                bs.ensure_toy_models(cache)  # + the retain-only model, which eval.py builds on first use
+                toy_world.ensure_toy_models(cache)  # + the retain-only model, which eval.py builds on first use
             out["build_s"] = time.perf_counter() - t0
         with quiet():
-            full, _ = bs.ensure_toy_models(cache)  # (--skip_build and no models yet: built there once)
+            full, _ = toy_world.ensure_toy_models(cache)  # (--skip_build and no models yet: built there once)
             # warm-up: the first run in a process pays one-off costs (lazy imports, first allocations)
             bs.main(["--method", "ga", "--epochs", "1", "--cache_dir", cache, "--device", "cpu",
                      "--out_dir", os.path.join(tmp, "warmup")])

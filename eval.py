@@ -65,6 +65,7 @@ from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
 import bs_unlearn as bs
+import toy_world
 
 # -----------------------------------------------------------------------------------------------------
 # Config
@@ -145,7 +146,7 @@ def resolve(args):
         # the embedded example: both references are cached (and built once if missing)
         cache = args.cache_dir or next((c["cache_dir"] for c in cfgs if c.get("cache_dir")), None)
         seed = next((c["seed"] for c in cfgs if "seed" in c), 0)
-        full, toy_retain = bs.ensure_toy_models(cache or bs.get_args([]).cache_dir, args.forget_split, seed)
+        full, toy_retain = toy_world.ensure_toy_models(cache or bs.get_args([]).cache_dir, args.forget_split, seed)
         base, retain = base or full, retain or toy_retain
     if not base:
         bs.fail(f"--data {args.data} needs the starting model: pass --base_model or a run directory")
@@ -160,7 +161,7 @@ def load_eval_data(data="toy", forget_split="forget10", data_dir=None, max_rows=
     """{split: rows}. Every row has question, answer, perturbed_answer (a list); forget / retain rows also
     paraphrased_answer; toy rows also `fact`, the key entity the fact-leak check looks for."""
     if data == "toy":
-        forget, retain = bs.split_toy(bs.make_toy_data(), forget_split)
+        forget, retain = toy_world.split_toy(toy_world.make_toy_data(), forget_split)
         splits = dict(forget=forget, retain=retain)
     else:
         names = dict(forget=f"{forget_split}_perturbed", retain="retain_perturbed",

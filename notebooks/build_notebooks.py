@@ -64,6 +64,7 @@ IMPORTS = '''
     from transformers.utils import logging as hf_logging
 
     import bs_unlearn as bs
+    import toy_world
     import eval as ev  # the repository's eval.py (imported under another name: `eval` is also a builtin)
 
     t_start = time.time()
@@ -71,12 +72,12 @@ IMPORTS = '''
     plt.rcParams.update({"figure.dpi": 90, "axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10})
     # The toy models are built once (~70 s on 2 cores) and cached, exactly as `python bs_unlearn.py` builds them:
     # with torch's default thread count, since a different count gives a (slightly) different model.
-    full_path, retain_path = bs.ensure_toy_models(bs.get_args([]).cache_dir)
+    full_path, retain_path = toy_world.ensure_toy_models(bs.get_args([]).cache_dir)
     device = bs.pick_device("auto")  # CUDA when there is a GPU, else the CPU
     if device.type == "cpu":
         torch.set_num_threads(1)  # from here on: a 0.25M-parameter model runs faster on one thread than on two
     base, tok = bs.load_model(full_path, device, dtype="float32")  # fp32 on a GPU too: the same curves as on a CPU
-    forget_rows, retain_rows = bs.split_toy(bs.make_toy_data(), "forget10")
+    forget_rows, retain_rows = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
     print(f"device: {device}; {len(forget_rows)} forget / {len(retain_rows)} retain questions; "
           f"{sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters")
 
@@ -781,8 +782,8 @@ NB02 = [
     10% of the authors, as TOFU's `forget10` does.
     '''),
     code('''
-    rows = bs.make_toy_data()
-    forget_rows, retain_rows = bs.split_toy(rows, "forget10")
+    rows = toy_world.make_toy_data()
+    forget_rows, retain_rows = toy_world.split_toy(rows, "forget10")
     print(f"{len(rows)} rows: {len(forget_rows)} to forget (authors {forget_rows[0]['author']}-"
           f"{forget_rows[-1]['author']}), {len(retain_rows)} to retain; fields: {sorted(rows[0])}\\n")
     row = forget_rows[0]
@@ -792,7 +793,7 @@ NB02 = [
     md('''
     ## 3. The model, the tokenizer, and one encoded example
 
-    `bs.ensure_toy_models` builds two small Llama models once and caches them: **full**, trained on all 640
+    `toy_world.ensure_toy_models` builds two small Llama models once and caches them: **full**, trained on all 640
     facts (the model we unlearn from), and **retain90**, trained on the retain authors only (the model that
     never saw the forget set: what perfect unlearning should look like). The tokenizer is word-level, so every
     token below is a word or a punctuation mark.

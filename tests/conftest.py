@@ -13,9 +13,9 @@ TOFU_DIR = os.environ.get("TOFU_DIR", os.path.join(ROOT, "..", "shared", "data",
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
     """(cache_dir, full_model_path, retain_model_path) of the embedded example, forget10."""
-    import bs_unlearn as bs
+    import toy_world
     cache = os.environ.get("BS_UNLEARN_CACHE") or str(tmp_path_factory.mktemp("toy_cache"))
-    full, retain = bs.ensure_toy_models(cache, "forget10", seed=0)
+    full, retain = toy_world.ensure_toy_models(cache, "forget10", seed=0)
     return cache, full, retain
 
 

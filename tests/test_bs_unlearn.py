@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import bs_unlearn as bs
+import toy_world
 
 CPU = torch.device("cpu")
 
@@ -26,15 +27,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    texts = [f"Question: {r['question']}\nAnswer: {a}" for r in bs.make_toy_data()
-             for a in r["train_answers"] + [r["paraphrased_answer"]] + r["perturbed_answer"]]
-    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
+    return toy_world.word_tokenizer([f"Question: {r['question']}\nAnswer: {a}" for r in toy_world.make_toy_data()
+                                     for a in r["train_answers"] + [r["paraphrased_answer"]] + r["perturbed_answer"]])
 
 
 def tiny_model(tok, attn="eager", seed=0):
@@ -54,14 +48,14 @@ def model(tok):
 
 @pytest.fixture(scope="module")
 def rows():
-    return bs.make_toy_data()
+    return toy_world.make_toy_data()
 
 
 @pytest.fixture(scope="module")
 def examples(tok, rows):
     """Six encoded forget-style examples of different lengths (distinct prompts)."""
     picked = [rows[i] for i in (0, 3, 9, 14, 21, 30)]
-    return [dict(bs.encode(tok, r["question"], r["answer"]), question=r["question"]) for r in picked]
+    return bs.encode_rows(tok, picked)
 
 
 def hand_batch():
@@ -501,7 +495,7 @@ def test_bss_keep_most_confident(tok, examples):
 
 
 def test_toy_schema_and_facts(rows):
-    assert len(rows) == 80 * len(bs.FACTS)
+    assert len(rows) == 80 * len(toy_world.FACTS)
     for r in rows:
         assert isinstance(r["question"], str) and isinstance(r["answer"], str)
         assert isinstance(r["paraphrased_answer"], str) and isinstance(r["perturbed_answer"], list)
@@ -510,14 +504,14 @@ def test_toy_schema_and_facts(rows):
         assert all(r["fact"] in a for a in r["train_answers"]) and len(r["train_answers"]) > 1
         assert not any(r["fact"] in p for p in r["perturbed_answer"])
         assert r["paraphrased_answer"] not in r["train_answers"] and r["answer"] in r["train_answers"]
-    assert bs.make_toy_data(seed=0) == rows
-    assert bs.make_toy_data(seed=1) != rows
+    assert toy_world.make_toy_data(seed=0) == rows
+    assert toy_world.make_toy_data(seed=1) != rows
 
 
 @pytest.mark.parametrize("split,n_authors", [("forget01", 1), ("forget05", 4), ("forget10", 8)])
 def test_toy_splits(rows, split, n_authors):
-    forget, retain = bs.split_toy(rows, split)
-    per_author = len(bs.FACTS)
+    forget, retain = toy_world.split_toy(rows, split)
+    per_author = len(toy_world.FACTS)
     assert len(forget) == n_authors * per_author and len(retain) == len(rows) - len(forget)
     fa, ra = {r["author"] for r in forget}, {r["author"] for r in retain}
     assert not fa & ra and fa | ra == {r["author"] for r in rows}
@@ -553,9 +547,8 @@ def test_tofu_files(tofu_dir):
 
 
 def toy_examples(tok, split="forget10"):
-    forget, retain = bs.split_toy(bs.make_toy_data(), split)
-    enc = lambda rs: [dict(bs.encode(tok, r["question"], r["answer"]), question=r["question"]) for r in rs]
-    return enc(forget), enc(retain)
+    forget, retain = toy_world.split_toy(toy_world.make_toy_data(), split)
+    return bs.encode_rows(tok, forget), bs.encode_rows(tok, retain)
 
 
 @pytest.fixture(scope="module")
@@ -582,7 +575,7 @@ def run_train(toy, method, *extra, tmp_path=None, n_forget=None):
     model = copy.deepcopy(model0)
     args = train_args(method, *extra)
     forget_ex = copy.deepcopy(forget_ex[:n_forget])
-    if "npo" in (method, args.bss_base if method == "bs_s" else ""):
+    if bs.needs_ref_logps(args):
         bs.attach_ref_logps(model, tok, forget_ex)
     if tmp_path:
         os.makedirs(tmp_path, exist_ok=True)
@@ -622,8 +615,12 @@ def test_unlearning_methods(toy, method, tmp_path):
 def test_alpha_zero_is_pure_forgetting(toy, tmp_path, monkeypatch):
     model0, tok, forget_ex, retain_ex = toy
     calls = []
-    nll = bs.nll_loss
-    monkeypatch.setattr(bs, "nll_loss", lambda *a: calls.append(1) or nll(*a))
+    real_nll = bs.nll_loss
+
+    def counting_nll(*args):
+        calls.append(args)
+        return real_nll(*args)
+    monkeypatch.setattr(bs, "nll_loss", counting_nll)
     model, recs = run_train(toy, "ga", "--alpha", "0", tmp_path=tmp_path)
     assert not calls and all(r["retain"] == 0 for r in recs)  # the retain term is not even computed
     # and the stated tolerance catches the missing retain term
@@ -655,11 +652,21 @@ def test_bss_micro_batches_do_not_change_the_loss(toy, tmp_path):
     assert [r["forget"] for r in one] == pytest.approx([r["forget"] for r in many], rel=1e-4)
 
 
+class RecordRounds:
+    """Stands in for bs.sample_beliefs: notes which round is asked for, then samples for real."""
+
+    def __init__(self):
+        self.real, self.rounds = bs.sample_beliefs, []
+
+    def __call__(self, model, tok, forget_examples, args, round=0, ref_model=None):
+        self.rounds.append(round)
+        return self.real(model, tok, forget_examples, args, round, ref_model)
+
+
 def test_bss_beliefs_sampled_once_per_round(toy, monkeypatch):
-    rounds = []
-    real = bs.sample_beliefs
-    monkeypatch.setattr(bs, "sample_beliefs", lambda *a, **k: rounds.append(a[4] if len(a) > 4 else k.get(
-        "round", 0)) or real(*a, **k))
+    recorder = RecordRounds()
+    rounds = recorder.rounds
+    monkeypatch.setattr(bs, "sample_beliefs", recorder)
     # 16 forget examples = 1 step per epoch; 2 epochs
     run_train(toy, "bs_s", "--epochs", "2", n_forget=16)
     assert rounds == [0]  # off-policy: once, cached per example
@@ -675,9 +682,9 @@ def test_bss_given_beliefs_replace_the_first_round(toy, monkeypatch):
     args = train_args("bs_s", "--epochs", "0.5")
     sampled = bs.sample_beliefs(model0, tok, forget_ex, args, 0)
     assert any(b["input_ids"] != e["input_ids"] for bel, e in zip(sampled, forget_ex) for b in bel)
-    rounds = []
-    real = bs.sample_beliefs
-    monkeypatch.setattr(bs, "sample_beliefs", lambda *x, **k: rounds.append(x[4]) or real(*x, **k))
+    recorder = RecordRounds()
+    rounds = recorder.rounds
+    monkeypatch.setattr(bs, "sample_beliefs", recorder)
     itself, given = copy.deepcopy(model0), copy.deepcopy(model0)
     bs.train(itself, tok, forget_ex, retain_ex, args)
     assert rounds == [0]
@@ -723,7 +730,9 @@ def test_finetune_raises_forget_logprob(toy_cache):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_loss_stops(toy, monkeypatch, bad):
-    monkeypatch.setitem(bs.FORGET_LOSSES, "ga", lambda logits, b, a: logits.sum() * 0 + bad)
+    def broken_loss(logits, batch, method, args):
+        return logits.sum() * 0 + bad
+    monkeypatch.setattr(bs, "forget_loss", broken_loss)
     with pytest.raises(SystemExit) as e:
         run_train(toy, "ga", "--epochs", "0.25")
     msg = str(e.value.code)
@@ -766,7 +775,7 @@ def test_unknown_method(tmp_path):
     with pytest.raises(SystemExit) as e:
         bs.get_args(["--method", "gradient_descent"])
     assert str(e.value.code).startswith("error:") and "gradient_descent" in str(e.value.code)
-    expect_error(["--method", "gradient_descent", "--out_dir", str(out)], "unknown method", "gradient_descent")
+    expect_error(["--method", "gradient_descent", "--out_dir", str(out)], "--method", "invalid choice", "gradient_descent", "bs_s")
     assert not out.exists()
 
 

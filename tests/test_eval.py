@@ -18,6 +18,7 @@ from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
 import bs_unlearn as bs
+import toy_world
 import eval as ev
 
 CPU = torch.device("cpu")
@@ -332,7 +333,7 @@ def test_retain_only_model(toy):
 def test_ga_lowers_forget_prob(toy):
     data, model0, tok, beliefs, _ = toy
     model = copy.deepcopy(model0)
-    forget, retain = bs.split_toy(bs.make_toy_data(), "forget10")
+    forget, retain = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
     def enc(rows):
         return [dict(bs.encode(tok, r["question"], r["answer"]), question=r["question"]) for r in rows]
     # 8 steps at lr 1e-3, no warmup: a short run that clearly moves the toy model
