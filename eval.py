@@ -3,14 +3,14 @@ eval.py: TOFU metrics, the paper's Mem / Util / Agg, and a squeezing diagnostic 
 
 Evaluates models written by bs_unlearn.py next to two references: the starting model (the one that was
 unlearned) and the retain-only model (trained without the forget set: what unlearning should look like).
-Definitions: ../shared/docs/METHOD.md ("Evaluation"); the squeezing effect: its second section.
+Definitions: TOFU's metrics as open-unlearning computes them, and the paper's Table 1 summary (listed below).
 
 Run (the embedded example, fully offline; six models in ~40 s on 2 busy CPU cores):
     for m in ga npo bs_t bs_s; do python bs_unlearn.py --method $m; done
     python eval.py runs/ga runs/npo runs/bs_t runs/bs_s
-TOFU (on a GPU; the base model defaults to the runs' starting model, FQ needs --retain_model):
-    python eval.py runs/tofu_bs_s --data tofu --data_dir ../shared/data/tofu \
-        --retain_model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90
+TOFU (on a GPU; the data, from local TOFU files or the hub, and the base model default to the runs'; FQ
+needs a retain-only model):
+    python eval.py runs/tofu_bs_s --retain_model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90
 Output: one printed table (rows = models, the two references first), and in --out_dir (default runs/eval/)
 <model>.json per model (every metric, per-row values and the greedy answers) plus summary.json (the table).
 In a notebook: `data = load_eval_data(); beliefs = draw_beliefs(base, tok, data["forget"]);
@@ -146,7 +146,8 @@ def resolve(args):
         # the embedded example: both references are cached (and built once if missing)
         cache = args.cache_dir or next((c["cache_dir"] for c in cfgs if c.get("cache_dir")), None)
         seed = next((c["seed"] for c in cfgs if "seed" in c), 0)
-        full, toy_retain = toy_world.ensure_toy_models(cache or bs.get_args([]).cache_dir, args.forget_split, seed)
+        cache = cache or bs.get_args([]).cache_dir
+        full, toy_retain = toy_world.ensure_toy_models(cache, args.forget_split, seed)
         base, retain = base or full, retain or toy_retain
     if not base:
         bs.fail(f"--data {args.data} needs the starting model: pass --base_model or a run directory")
@@ -313,7 +314,7 @@ def draw_beliefs(model, tok, forget_rows, n=10, temperature=1.0, seed=0, batch_s
     the target answer; band them per question by the model's summed log-prob. Kept as text, so every
     evaluated model re-encodes them with its own tokenizer. Returns dict(samples=[dict(row, text,
     base_logp, band)], target_logp=[the target answer's log-prob per row])."""
-    enc = [bs.encode(tok, r["question"], r["answer"]) for r in forget_rows]
+    enc = bs.encode_rows(tok, forget_rows)
     prompts = [e["input_ids"][:e["prompt_len"]] for e in enc]
     max_new = max(len(e["input_ids"]) - e["prompt_len"] for e in enc)  # beliefs are answer-length
     torch.manual_seed(seed)

@@ -196,6 +196,13 @@ def test_fluency_classifier_unavailable_is_one_line():
         ev.load_fluency("/nonexistent/gibberish-classifier")
 
 
+def test_no_paths_outside_the_repository(capsys):
+    with pytest.raises(SystemExit):
+        ev.get_args(["--help"])
+    for text in (ev.__doc__, capsys.readouterr().out):
+        assert "../" not in text and "shared/" not in text
+
+
 # -----------------------------------------------------------------------------------------------------
 # Real TOFU files (skipped without them)
 
@@ -214,17 +221,10 @@ def test_tofu_row_counts(tofu_dir):
 
 def tiny_tofu_model(rows, path):
     """A word-level tokenizer over these rows and a tiny random Llama, saved like a real checkpoint."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
     texts = [f"Question: {r['question']}\nAnswer: {a}" for r in rows
              for a in [r["answer"], r.get("paraphrased_answer", "")] + r["perturbed_answer"]]
-    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                  pre_tokenizers.Punctuation()])
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    specials = dict(pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(specials.values())))
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, **specials)
+    tok = toy_world.word_tokenizer(texts)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
@@ -334,12 +334,10 @@ def test_ga_lowers_forget_prob(toy):
     data, model0, tok, beliefs, _ = toy
     model = copy.deepcopy(model0)
     forget, retain = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
-    def enc(rows):
-        return [dict(bs.encode(tok, r["question"], r["answer"]), question=r["question"]) for r in rows]
     # 8 steps at lr 1e-3, no warmup: a short run that clearly moves the toy model
     args = bs.get_args(["--method", "ga", "--lr", "1e-3", "--epochs", "2", "--warmup_epochs", "0",
                         "--sample_every", "1000"])
-    bs.train(model, tok, enc(forget), enc(retain), args)
+    bs.train(model, tok, bs.encode_rows(tok, forget), bs.encode_rows(tok, retain), args)
     before = ev.evaluate(model0, tok, data, beliefs, quick_args())["summary"]
     after = ev.evaluate(model, tok, data, beliefs, quick_args())["summary"]
     assert after["forget_prob"] < before["forget_prob"] - 0.2, (before["forget_prob"], after["forget_prob"])
