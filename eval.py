@@ -12,7 +12,9 @@ TOFU (on a GPU; the data, from local TOFU files or the hub, and the base model d
 needs a retain-only model):
     python eval.py runs/tofu_bs_s --retain_model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90
 Output: one printed table (rows = models, the two references first), and in --out_dir (default runs/eval/)
-<model>.json per model (every metric, per-row values and the greedy answers) plus summary.json (the table).
+<model>.json per model (every metric, per-row values and the greedy answers) plus summary.json (the table),
+written whole at the end (temporary files, renamed once all are written). Bad input stops with one line,
+before any model is loaded: an unwritable --out_dir, an unfinished run, missing or cut weights.
 In a notebook: `data = load_eval_data(); beliefs = draw_beliefs(base, tok, data["forget"]);
 evaluate(model, tok, data, beliefs)` works on any in-memory model.
 
@@ -57,6 +59,7 @@ import functools
 import json
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -74,15 +77,16 @@ FLUENCY_MODEL = "madhurjindal/autonlp-Gibberish-Detector-492513457"  # the class
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawTextHelpFormatter)
+    p = bs.Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    count = bs.number(int, 1)
     p.add_argument("runs", nargs="*", help="run directories written by bs_unlearn.py (or any saved model)")
     # data (defaults: what the runs were trained on, from their run_config.json)
     p.add_argument("--data", default=None, choices=["toy", "tofu"], help="default: the runs', else toy")
     p.add_argument("--data_dir", default=None, help="local TOFU files (default: the runs', else the hub)")
     p.add_argument("--forget_split", default=None, choices=["forget01", "forget05", "forget10"],
                    help="default: the runs', else forget10")
-    p.add_argument("--max_rows", type=int, default=0, help="only the first N rows of every split (0: all)")
+    p.add_argument("--max_rows", type=bs.number(int, 0), default=0,
+                   help="only the first N rows of every split (0: all)")
     # reference models
     p.add_argument("--base_model", default=None,
                    help="the starting model (default: the runs' model_path; toy: the cached full model)")
@@ -94,35 +98,44 @@ def get_args(argv=None):
     p.add_argument("--tr_mean", default="geo", choices=["geo", "arith"],
                    help="mean over the perturbed answers in the truth ratio\n"
                         "(geo: open-unlearning, TOFU's code; arith: the TOFU paper)")
-    p.add_argument("--max_new_tokens", type=int, default=200, help="greedy answers for ROUGE")
-    p.add_argument("--n_beliefs", type=int, default=10, help="answers sampled per forget question (bands)")
-    p.add_argument("--belief_temp", type=float, default=1.0, help="temperature of the belief samples")
+    p.add_argument("--max_new_tokens", type=count, default=200, help="greedy answers for ROUGE")
+    p.add_argument("--n_beliefs", type=count, default=10, help="answers sampled per forget question (bands)")
+    p.add_argument("--belief_temp", type=bs.number(float, 0, above=True), default=1.0,
+                   help="temperature of the belief samples")
     p.add_argument("--fluency", action="store_true", help="add the paper's fluency classifier (hub, once)")
     p.add_argument("--fluency_model", default=FLUENCY_MODEL, help="HF id or path of the gibberish classifier")
     # system
     p.add_argument("--out_dir", default=os.path.join("runs", "eval"), help="where the JSON files go")
-    p.add_argument("--batch_size", type=int, default=64, help="sequences per forward / generate batch")
+    p.add_argument("--batch_size", type=count, default=64, help="sequences per forward / generate batch")
     p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere (no fp16: it breaks the truth ratio)")
     p.add_argument("--seed", type=int, default=0, help="seed of the belief samples")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads (0: torch's default, but 1 for the toy model: its matmuls are too\n"
-                        "small to split; 2 threads on a busy 2-core machine made it 10x slower)")
+    p.add_argument("--threads", type=bs.number(int, 0), default=0,
+                   help="CPU threads (0: leave torch alone; bs.load_model runs the toy model on one)")
     return p.parse_args(argv)
 
 
 def read_run(path):
-    """A run directory's run_config.json ({} for a plain saved model); a one-line error if it is no model."""
+    """A run directory's run_config.json ({} for a plain saved model); a one-line error if it is no model,
+    or a run that did not finish (bs_unlearn.py writes run_config.json last)."""
     if not os.path.isdir(path):
         bs.fail(f"run directory not found: {path}")
+    cfg = os.path.join(path, "run_config.json")
+    if os.path.isfile(os.path.join(path, "log.jsonl")) and not os.path.isfile(cfg):
+        bs.fail(f"{path} is a run that did not finish (log.jsonl but no run_config.json); run it again")
     if not os.path.isfile(os.path.join(path, "config.json")):
         bs.fail(f"{path} is not a model directory (no config.json)")
-    cfg = os.path.join(path, "run_config.json")
     if not os.path.isfile(cfg):
         return {}
-    with open(cfg) as f:
-        return json.load(f)
+    try:
+        with open(cfg) as f:
+            run = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        bs.fail(f"cannot read {cfg}: {e}")
+    if not isinstance(run, dict):
+        bs.fail(f"{cfg} holds a JSON {type(run).__name__}, not a run's settings")
+    return run
 
 
 def resolve(args):
@@ -152,6 +165,43 @@ def resolve(args):
     if not base:
         bs.fail(f"--data {args.data} needs the starting model: pass --base_model or a run directory")
     return base, retain
+
+
+def check_out_dir(path):
+    """Fail now, not after the evaluation, if `path` cannot take the results. Creates nothing: the probe is
+    an unnamed temporary file in the nearest folder on the way that exists."""
+    here = os.path.abspath(path)
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        bs.fail(f"--out_dir {path}: {here} is a file, not a directory")
+    try:
+        tempfile.TemporaryFile(dir=here).close()
+    except OSError as e:  # read-only, or a folder like /proc
+        bs.fail(f"cannot write to --out_dir {path}: {here} takes no new files ({e.strerror or e})")
+
+
+def check_weights(path):
+    """A local model folder holds weights, and each safetensors header fits its file: a cut copy fails here,
+    in a second, not after the references were evaluated."""
+    from safetensors import safe_open
+    files = [f for f in sorted(os.listdir(path)) if f.endswith((".safetensors", ".bin"))]
+    if not files:
+        bs.fail(f"cannot load model {path!r}: no weights file (*.safetensors or *.bin)")
+    for f in files:
+        try:
+            if f.endswith(".safetensors"):
+                with safe_open(os.path.join(path, f), "pt"):
+                    pass
+        except Exception as e:  # safetensors' own error: a truncated or damaged file
+            bs.fail(f"cannot load model {path!r}: {f} is cut or damaged ({e})")
+
+
+def check_models(models):
+    """Before any model is loaded: local weights are there and whole."""
+    for _, path in models:
+        if os.path.isdir(path):
+            check_weights(path)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -480,6 +530,28 @@ def format_table(summaries):
     return "\n".join(lines)
 
 
+def write_outputs(out_dir, files):
+    """Write {file name: JSON-able} into out_dir whole or not at all: every file goes to a temporary file
+    beside its target, and only once all are written do they replace the targets, in order (summary.json
+    last). A full disk or Ctrl-C leaves what was there before, and no temporary file."""
+    tmps = []
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for name, obj in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=out_dir)
+            tmps.append(tmp)
+            with os.fdopen(fd, "w") as f:
+                json.dump(obj, f, indent=1)
+        for tmp, name in zip(tmps, files):
+            os.replace(tmp, os.path.join(out_dir, name))
+    except OSError as e:
+        bs.fail(f"cannot write the results to {out_dir}: {e.strerror or e}")
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
 # -----------------------------------------------------------------------------------------------------
 # main
 
@@ -487,16 +559,19 @@ def format_table(summaries):
 def main(argv=None):
     t0 = time.time()
     args = get_args(argv)
-    base_path, retain_path = resolve(args)  # everything that can fail cheaply fails here
-    data = load_eval_data(args.data, args.forget_split, args.data_dir, args.max_rows)
+    try:
+        device = bs.pick_device(args.device)
+    except RuntimeError:  # torch.device("gpu")
+        bs.fail(f"argument --device: {args.device!r} is not a device (auto, cpu, cuda, cuda:1, mps, ...)")
+    check_out_dir(args.out_dir)  # everything that can fail cheaply fails here, before any model is loaded
+    base_path, retain_path = resolve(args)
     names = [os.path.basename(os.path.normpath(r)) for r in args.runs]  # a run is named by its directory
     names = [n if names.count(n) == 1 and n not in ("base", "retain") else f"{n}_{i}"
              for i, n in enumerate(names)]
     models = [("base", base_path)] + ([("retain", retain_path)] if retain_path else [])
     models += list(zip(names, args.runs))
-    device = bs.pick_device(args.device)
-    if device.type == "cpu" and (args.threads or args.data == "toy"):
-        torch.set_num_threads(args.threads or 1)
+    check_models(models)
+    data = load_eval_data(args.data, args.forget_split, args.data_dir, args.max_rows)
     fluency = load_fluency(args.fluency_model, device, args.batch_size) if args.fluency else None
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # one line per model, not a "Loading weights" bar
@@ -506,6 +581,8 @@ def main(argv=None):
     for name, path in models:  # the base first: its beliefs are drawn once and reused by every model
         t = time.time()
         model, tok = bs.load_model(path, device, args.dtype)
+        if args.threads:  # after load_model, which puts the toy model on one thread
+            torch.set_num_threads(args.threads)
         if beliefs is None:
             beliefs = draw_beliefs(model, tok, data["forget"], args.n_beliefs, args.belief_temp, args.seed,
                                    args.batch_size)
@@ -517,13 +594,10 @@ def main(argv=None):
     for res in results.values():
         res["summary"] = summarise(res, retain_R)
         res["config"] = dict(vars(args), base_model=base_path, retain_model=retain_path)
-    os.makedirs(args.out_dir, exist_ok=True)
-    for name, res in results.items():
-        with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
-            json.dump(res, f, indent=1)
     summaries = {name: res["summary"] for name, res in results.items()}
-    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
-        json.dump(dict(summaries=summaries, beliefs=beliefs, config=results["base"]["config"]), f, indent=1)
+    summary = dict(summaries=summaries, beliefs=beliefs, config=results["base"]["config"])
+    write_outputs(args.out_dir, {**{f"{name}.json": res for name, res in results.items()},
+                                 "summary.json": summary})
     print(format_table(summaries))
     print(LEGEND)
     print(f"MU from {summaries['base']['mu_n']} numbers; {len(beliefs['samples'])} beliefs; "

@@ -7,9 +7,12 @@ files) and on the embedded example's cached models, where the numbers must say w
     BS_UNLEARN_CACHE=/tmp/bscache python -m pytest tests/test_eval.py -q
 """
 import copy
+import errno
 import json
 import math
 import os
+import shutil
+import types
 
 import numpy as np
 import pytest
@@ -26,7 +29,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """The toy models' matmuls are too small to split across threads (see eval.py --threads)."""
+    """One thread, as bs.load_model runs the toy model: tiny matmuls, numbers independent of the cores."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -196,11 +199,105 @@ def test_fluency_classifier_unavailable_is_one_line():
         ev.load_fluency("/nonexistent/gibberish-classifier")
 
 
+def one_line_error(call, *words):
+    """call() must stop with one line starting with 'error:' that contains every word."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    msg = e.value.code
+    assert isinstance(msg, str) and msg.startswith("error:") and "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+class Evaluated(Exception):
+    """What the `no_work` fixture raises in place of the first real work: drawing the beliefs."""
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """A check that should come first fails the test by letting main reach the evaluation."""
+    def started(*args, **kwargs):
+        raise Evaluated("main started the evaluation")
+    monkeypatch.setattr(ev, "draw_beliefs", started)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--max_rows", "-1"), ("--max_new_tokens", "0"), ("--n_beliefs", "0"), ("--belief_temp", "0"),
+    ("--belief_temp", "nan"), ("--batch_size", "0"), ("--threads", "-1"), ("--seed", "1.5"),
+    ("--tr_mean", "median")])
+def test_bad_flag_is_one_line_naming_it(flag, value):
+    one_line_error(lambda: ev.get_args([flag, value]), flag, value)
+
+
+def test_flags_accept_their_bounds():
+    args = ev.get_args(["--max_rows", "0", "--max_new_tokens", "1", "--n_beliefs", "1",
+                        "--belief_temp", "1e-3", "--batch_size", "1", "--threads", "0"])
+    assert (args.max_rows, args.max_new_tokens, args.belief_temp, args.threads) == (0, 1, 1e-3, 0)
+
+
+def test_bad_device_is_one_line(tmp_path, no_work):
+    one_line_error(lambda: ev.main(["--device", "gpu", "--out_dir", str(tmp_path)]), "--device", "gpu")
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_out_dir_that_is_a_file(tmp_path, no_work, under):
+    """Refused at once (before the toy models are even looked at), and the file is left alone."""
+    f = tmp_path / "results"
+    f.write_text("mine")
+    out = f / "eval" if under else f
+    one_line_error(lambda: ev.main(["--out_dir", str(out)]), "--out_dir", "is a file")
+    assert f.read_text() == "mine"
+
+
+def test_out_dir_that_cannot_be_written(tmp_path, no_work):
+    outs = ["/proc/bs_unlearn_eval"] if os.path.isdir("/proc/self") else []
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        (tmp_path / "ro").mkdir(mode=0o500)
+        outs.append(str(tmp_path / "ro" / "eval"))
+    if not outs:
+        pytest.skip("no folder here that refuses files")
+    for out in outs:
+        one_line_error(lambda: ev.main(["--out_dir", out]), "cannot write", "--out_dir")
+        assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("content, words", [("{", "cannot read"), ("[1, 2]", "JSON list")])
+def test_broken_run_config_is_one_line(tmp_path, content, words):
+    run = fake_model_dir(tmp_path / "run")
+    (tmp_path / "run" / "run_config.json").write_text(content)
+    one_line_error(lambda: ev.main([run, "--out_dir", str(tmp_path / "eval")]), "run_config.json", words)
+
+
 def test_no_paths_outside_the_repository(capsys):
     with pytest.raises(SystemExit):
         ev.get_args(["--help"])
     for text in (ev.__doc__, capsys.readouterr().out):
         assert "../" not in text and "shared/" not in text
+
+
+def fake_results():
+    return {"base.json": dict(name="base"), "summary.json": dict(summaries={})}
+
+
+def test_write_outputs_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    ev.write_outputs(str(out), fake_results())
+    assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
+    assert json.load(open(out / "summary.json")) == dict(summaries={})
+    # Ctrl-C while the second file is written: the first is not renamed into place, no temp file is left
+    calls = []
+    def interrupted(obj, f, **kwargs):
+        calls.append(obj)
+        f.write("{")
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ev, "json", types.SimpleNamespace(dump=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        ev.write_outputs(str(out), {"base.json": dict(name="new"), "summary.json": dict(summaries=1)})
+    monkeypatch.undo()
+    assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
+    assert json.load(open(out / "base.json")) == dict(name="base")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -344,11 +441,17 @@ def test_ga_lowers_forget_prob(toy):
     assert after["d_target"] < -1 and after["mem"] > before["mem"]
 
 
-def test_cli_on_a_run(toy_cache, tmp_path):
-    cache = toy_cache[0]
-    run = str(tmp_path / "ga")
+@pytest.fixture(scope="module")
+def ga_run(toy_cache, tmp_path_factory):
+    """A short GA run of the embedded example, by bs_unlearn.main (tests copy it before changing it)."""
+    run = str(tmp_path_factory.mktemp("runs") / "ga")
     bs.main(["--method", "ga", "--lr", "1e-3", "--epochs", "1", "--warmup_epochs", "0", "--out_dir", run,
-             "--cache_dir", cache, "--sample_every", "1000"])
+             "--cache_dir", toy_cache[0], "--sample_every", "1000"])
+    return run
+
+
+def test_cli_on_a_run(toy_cache, ga_run, tmp_path):
+    cache, run = toy_cache[0], ga_run
     out = tmp_path / "eval"
     results = ev.main([run, "--max_rows", "16", "--max_new_tokens", "32", "--n_beliefs", "4",
                        "--out_dir", str(out), "--cache_dir", cache])
@@ -358,3 +461,86 @@ def test_cli_on_a_run(toy_cache, tmp_path):
     assert summary["retain"]["fq"] == 1.0 and summary["base"]["fq"] < summary["retain"]["fq"]
     assert summary["ga"]["forget_prob"] < summary["base"]["forget_prob"]
     assert summary["base"]["mu_n"] == 3  # the toy data has only the retain split for utility
+
+
+# -----------------------------------------------------------------------------------------------------
+# Runs that would give wrong or no results: refused in one line before any work
+
+
+def copy_run(run, dst):
+    shutil.copytree(run, dst)
+    return str(dst)
+
+
+def eval_main(toy_cache, tmp_path, *argv):
+    """eval.main on the embedded example's cached models, writing into tmp_path/eval."""
+    return ev.main([*argv, "--out_dir", str(tmp_path / "eval"), "--cache_dir", toy_cache[0]])
+
+
+def test_unfinished_run_refused(ga_run, toy_cache, tmp_path, no_work):
+    """bs_unlearn.py writes run_config.json last: log.jsonl without it is a run that was stopped."""
+    killed = copy_run(ga_run, tmp_path / "ga")
+    os.remove(os.path.join(killed, "run_config.json"))
+    early = tmp_path / ".ga.tmp-x1y2"  # killed during training: what atomic_dir leaves behind
+    early.mkdir()
+    shutil.copy(os.path.join(ga_run, "log.jsonl"), early)
+    for run in (killed, str(early)):
+        one_line_error(lambda: eval_main(toy_cache, tmp_path, run), run, "did not finish")
+
+
+def test_plain_saved_model_still_accepted(ga_run, toy_cache, tmp_path, no_work):
+    plain = copy_run(ga_run, tmp_path / "plain")
+    for f in ("run_config.json", "log.jsonl"):
+        os.remove(os.path.join(plain, f))
+    assert ev.read_run(plain) == {}
+    with pytest.raises(Evaluated):  # every check passes
+        eval_main(toy_cache, tmp_path, plain)
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut"])
+def test_missing_or_cut_weights_refused_first(ga_run, toy_cache, tmp_path, no_work, damage):
+    run = copy_run(ga_run, tmp_path / "ga")
+    weights = os.path.join(run, "model.safetensors")
+    if damage == "missing":
+        os.remove(weights)
+    else:
+        os.truncate(weights, os.path.getsize(weights) // 2)
+    msg = one_line_error(lambda: eval_main(toy_cache, tmp_path, run), "cannot load model", run)
+    assert damage == "missing" or "model.safetensors" in msg
+
+
+def test_threads_is_an_explicit_override(ga_run, toy_cache, tmp_path, monkeypatch):
+    """--threads N holds while the models run (load_model puts the toy model on one); 0 leaves torch alone."""
+    seen = []
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise Evaluated
+    monkeypatch.setattr(ev, "draw_beliefs", record)
+    try:
+        for threads in ("2", "0"):
+            with pytest.raises(Evaluated):
+                eval_main(toy_cache, tmp_path, ga_run, "--threads", threads)
+    finally:
+        torch.set_num_threads(1)
+    assert seen == [2, 1]
+
+
+def test_write_failure_is_one_line_and_keeps_old_results(ga_run, toy_cache, tmp_path, monkeypatch):
+    """A disk that fills up while the third file is written: one line, and the previous results stay."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "base.json").write_text("old base")
+    (out / "summary.json").write_text("old summary")
+    calls = []
+    def full_disk(obj, f, **kwargs):
+        calls.append(obj)
+        if len(calls) == 3:
+            f.write('{"name": "ga", "spl')
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        json.dump(obj, f, **kwargs)
+    monkeypatch.setattr(ev, "json", types.SimpleNamespace(dump=full_disk, load=json.load))
+    argv = [ga_run, "--max_rows", "8", "--max_new_tokens", "16", "--n_beliefs", "2"]
+    one_line_error(lambda: eval_main(toy_cache, tmp_path, *argv), "cannot write", os.strerror(errno.ENOSPC))
+    assert sorted(os.listdir(out)) == ["base.json", "summary.json"]  # no temporary file left either
+    assert (out / "base.json").read_text() == "old base"
+    assert (out / "summary.json").read_text() == "old summary"
