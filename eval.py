@@ -14,7 +14,7 @@ needs a retain-only model):
 Output: one printed table (rows = models, the two references first), and in --out_dir (default runs/eval/)
 <model>.json per model (every metric, per-row values and the greedy answers) plus summary.json (the table),
 written whole at the end (temporary files, renamed once all are written). Bad input stops with one line,
-before any model is loaded: an unwritable --out_dir, an unfinished run, missing or cut weights.
+before any model is loaded: an unwritable --out_dir, an unfinished run, cut weights, another tokenizer.
 In a notebook: `data = load_eval_data(); beliefs = draw_beliefs(base, tok, data["forget"]);
 evaluate(model, tok, data, beliefs)` works on any in-memory model.
 
@@ -53,6 +53,9 @@ Choices (numbered, as deviations are in bs_unlearn.py):
 5. The paper's fluency term (a gibberish classifier from the hub, on the forget answers) is off by default,
    so everything runs offline; with --fluency it must be downloadable or in the HF cache.
 6. ES and EM are teacher-forced on the forget target (bs.score's n_suffix and n_correct).
+7. Every model must share the starting model's token ids, EOS / pad ids and chat template: a run whose
+   tokenizer.json maps tokens to other ids feeds its weights the wrong tokens, and the garbage scores as the
+   best forgetting of the table. --allow_tokenizer_mismatch evaluates it anyway, with a warning.
 """
 import argparse
 import functools
@@ -94,6 +97,8 @@ def get_args(argv=None):
                    help="the retain-only model, for FQ (toy: the cached one; TOFU: none, so no FQ)")
     p.add_argument("--cache_dir", default=None,
                    help="the toy models' cache (default: the runs', else bs_unlearn.py's default)")
+    p.add_argument("--allow_tokenizer_mismatch", action="store_true",
+                   help="evaluate a model whose tokenizer is not the starting model's (choice 7)")
     # metrics
     p.add_argument("--tr_mean", default="geo", choices=["geo", "arith"],
                    help="mean over the perturbed answers in the truth ratio\n"
@@ -197,11 +202,29 @@ def check_weights(path):
             bs.fail(f"cannot load model {path!r}: {f} is cut or damaged ({e})")
 
 
-def check_models(models):
-    """Before any model is loaded: local weights are there and whole."""
+def check_models(models, allow_mismatch=False):
+    """Before any model is loaded: local weights are whole, and every model reads text as the starting model,
+    models[0], does (choice 7). Only the tokenizers are loaded; pad is compared as bs.load_model sets it."""
+    from transformers import AutoTokenizer
+    ref = None
     for _, path in models:
         if os.path.isdir(path):
             check_weights(path)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # a missing path, an unreachable hub: one line
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            bs.fail(f"cannot load the tokenizer of {path!r}: {first_line}")
+        mine = {"token ids": tok.get_vocab(), "EOS id": tok.eos_token_id,
+                "pad id": tok.eos_token_id if tok.pad_token is None else tok.pad_token_id,
+                "chat template": getattr(tok, "chat_template", None)}
+        ref = ref or mine
+        diff = [k for k, v in mine.items() if v != ref[k]]
+        if diff:
+            msg = f"the tokenizer of {path} differs from the starting model's ({', '.join(diff)})"
+            if not allow_mismatch:
+                bs.fail(f"{msg}: its numbers would mean nothing (--allow_tokenizer_mismatch if you know)")
+            print(f"warning: {msg}; evaluated anyway (--allow_tokenizer_mismatch)")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -570,7 +593,7 @@ def main(argv=None):
              for i, n in enumerate(names)]
     models = [("base", base_path)] + ([("retain", retain_path)] if retain_path else [])
     models += list(zip(names, args.runs))
-    check_models(models)
+    check_models(models, args.allow_tokenizer_mismatch)  # the base first: the others are compared with it
     data = load_eval_data(args.data, args.forget_split, args.data_dir, args.max_rows)
     fluency = load_fluency(args.fluency_model, device, args.batch_size) if args.fluency else None
     from transformers.utils import logging as hf_logging

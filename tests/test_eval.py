@@ -509,6 +509,43 @@ def test_missing_or_cut_weights_refused_first(ga_run, toy_cache, tmp_path, no_wo
     assert damage == "missing" or "model.safetensors" in msg
 
 
+def edit_json(path, change):
+    with open(path) as f:
+        spec = json.load(f)
+    change(spec)
+    with open(path, "w") as f:
+        json.dump(spec, f)
+
+
+def swap_token_ids(run, a="was", b="the"):
+    """Give two words each other's id in tokenizer.json: the weights now read one as the other."""
+    def swap(spec):
+        vocab = spec["model"]["vocab"]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+    edit_json(os.path.join(run, "tokenizer.json"), swap)
+
+
+@pytest.mark.parametrize("change, words", [("ids", "token ids"), ("eos", "EOS id")])
+def test_tokenizer_mismatch_refused(ga_run, toy_cache, tmp_path, no_work, change, words):
+    run = copy_run(ga_run, tmp_path / "ga_other_tokenizer")
+    if change == "ids":
+        swap_token_ids(run)
+    else:  # the same ids, but another token ends the answers
+        edit_json(os.path.join(run, "tokenizer_config.json"), lambda cfg: cfg.update(eos_token="<unk>"))
+    one_line_error(lambda: eval_main(toy_cache, tmp_path, run), run, words, "--allow_tokenizer_mismatch")
+
+
+def test_tokenizer_mismatch_allowed_and_why_it_is_refused(ga_run, toy_cache, tmp_path, capsys):
+    """With the flag the run is evaluated (and a warning says so); its swapped ids make it look like the
+    best forgetting of the table, which is why it is refused by default."""
+    shuffled = copy_run(ga_run, tmp_path / "shuffled")
+    swap_token_ids(shuffled)
+    results = eval_main(toy_cache, tmp_path, ga_run, shuffled, "--allow_tokenizer_mismatch",
+                        "--max_rows", "16", "--max_new_tokens", "24", "--n_beliefs", "2")
+    assert "warning: the tokenizer of " + shuffled in capsys.readouterr().out
+    assert results["shuffled"]["summary"]["forget_prob"] < results["ga"]["summary"]["forget_prob"]
+
+
 def test_threads_is_an_explicit_override(ga_run, toy_cache, tmp_path, monkeypatch):
     """--threads N holds while the models run (load_model puts the toy model on one); 0 leaves torch alone."""
     seen = []
