@@ -83,12 +83,17 @@ def get_args(argv=None):
     count, positive, share = number(int, 1), number(float, 0, above=True), number(float, 0, 1)
     # what to unlearn, from which model
     p.add_argument("--method", default="bs_s", choices=METHODS, help="finetune: plain NLL on all the data")
-    p.add_argument("--model", default="toy", help="'toy' (built and cached offline) or a HF id / local path")
+    p.add_argument("--model", default="toy", help="'toy' (built and cached offline), a HF id, a local folder\n"
+                   "or a .gguf file (dequantized; the output is a normal HF folder)")
     p.add_argument("--data", default="toy", choices=["toy", "tofu"], help="generated toy authors or TOFU")
     p.add_argument("--data_dir", default=None, help="read TOFU splits from local files instead of the hub")
     p.add_argument("--forget_split", default="forget10", choices=["forget01", "forget05", "forget10"],
                    help="forget the last 1/5/10%% of authors; retain = the rest")
     p.add_argument("--forget_pct", type=int, choices=[1, 5, 10], default=None, help="same as --forget_split")
+    # the prompt: open-unlearning's TOFU models were trained with "You are a helpful assistant." and, for
+    # Llama-3 templates (which otherwise write today's date into every prompt), the date "10 Apr 2025"
+    p.add_argument("--system_prompt", default=None, help="a system turn before each question (default: none)")
+    p.add_argument("--date_string", default=None, help="the date for chat templates that print one")
     p.add_argument("--out_dir", default=None, help="where to save the model (default runs/<method>)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir once the run is done")
     # optimisation (defaults: the embedded toy example on a CPU; see the docstring for TOFU)
@@ -213,15 +218,22 @@ def load_data(args):
 
 
 def format_prompt(tok, question):
-    """The tokenizer's chat template when it has one, else a plain Question/Answer format."""
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                       add_generation_prompt=True)
-    return f"Question: {question}\nAnswer:"
+    """The tokenizer's chat template when it has one, else a plain Question/Answer format. The system prompt
+    and the date come from the tokenizer (`load_model` puts them there), so training and evaluation of a
+    run always format prompts alike."""
+    system, date = getattr(tok, "system_prompt", None), getattr(tok, "date_string", None)
+    if not getattr(tok, "chat_template", None):
+        return (f"{system}\n" if system else "") + f"Question: {question}\nAnswer:"
+    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    extra = dict(date_string=date) if date and "date_string" in tok.chat_template else {}  # only if used
+    return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **extra)
 
 
 def encode(tok, question, answer):
-    """Token ids of prompt + answer + EOS; labels are -100 on the prompt so only the answer is scored."""
+    """Token ids of prompt + answer + EOS; labels are -100 on the prompt so only the answer is scored. The
+    answer is tokenized apart from the prompt (no token spans the boundary) and ends with one EOS, the
+    tokenizer's own (<|eot_id|> for Llama-3 instruct, <|im_end|> for ChatML models). A chat template writes
+    its own BOS, so the prompt gets no second one."""
     chat = bool(getattr(tok, "chat_template", None))
     prompt = tok(format_prompt(tok, question), add_special_tokens=not chat)["input_ids"]
     ans = tok(answer if chat else " " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -584,7 +596,10 @@ def show_answers(model, tok, *examples):
 
 def pick_device(name="auto"):
     if name != "auto":
-        return torch.device(name)
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            fail(f"unknown --device {name!r}; use auto, cuda, cuda:N, mps or cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -592,19 +607,45 @@ def pick_device(name="auto"):
     return torch.device("cpu")
 
 
-def load_model(path, device, dtype="auto"):
-    """Model and tokenizer from a HF id or a local directory; tokenizers without a pad token pad with EOS
+def hub_args(path):
+    """from_pretrained's (folder or id, extra kwargs): a .gguf file loads from its folder with gguf_file."""
+    if path.endswith(".gguf"):
+        return os.path.dirname(os.path.abspath(path)), dict(gguf_file=os.path.basename(path))
+    return path, {}
+
+
+def load_tokenizer(path, system_prompt=None, date_string=None):
+    """The tokenizer, carrying the prompt settings format_prompt uses; without a pad token it pads with EOS
     (safe here: attention masks come from lengths)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    from transformers import AutoTokenizer
+    folder, extra = hub_args(path)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
-    except Exception as e:  # a missing path, an unreachable hub, a cut weights file: one line, not a traceback
-        fail(f"cannot load model {path!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+        tok = AutoTokenizer.from_pretrained(folder, **extra)
+    except Exception as e:  # a missing path, an unreachable hub, a broken file: one line, not a traceback
+        fail(f"cannot load the tokenizer of {path!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    tok.system_prompt, tok.date_string = system_prompt, date_string
+    return tok
+
+
+def load_model(path, device, dtype="auto", system_prompt=None, date_string=None):
+    """Model and tokenizer from a HF id, a local directory or a .gguf file."""
+    from transformers import AutoModelForCausalLM
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    tok = load_tokenizer(path, system_prompt, date_string)
+    folder, extra = hub_args(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **extra)
+    except Exception as e:  # a missing path, an unreachable hub, a cut weights file: one line, not a traceback
+        fail(f"cannot load model {path!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+    if extra:  # GGUF weights arrive dequantized but marked quantized, which save_pretrained refuses
+        del model.config.quantization_config
+        plain = AutoModelForCausalLM.from_config(model.config, dtype=getattr(torch, dtype))
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model = model.to(device)
     if getattr(model.config, "bs_unlearn_toy", False):
         # the toy model is tiny: eager attention beats sdpa, and one thread beats two (and gives the same
         # numbers whatever the core count or the load; bench.py measures both)
@@ -675,7 +716,7 @@ def main(argv=None):
         if args.model == "toy":
             toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
         t0 = time.time()
-        model, tok = load_model(model_path, device, args.dtype)
+        model, tok = load_model(model_path, device, args.dtype, args.system_prompt, args.date_string)
         forget_ex, retain_ex = encode_rows(tok, forget_rows), encode_rows(tok, retain_rows)
         if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
             forget_ex, retain_ex = forget_ex + retain_ex, []

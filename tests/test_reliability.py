@@ -1,0 +1,286 @@
+"""Nothing broken is left looking whole: checked arguments, runs and toy-model builds written whole or not at
+all, a cache that repairs itself, one line for every bad file, and a NaN gradient caught before its step.
+
+Every test here failed on the code before these checks existed. The ones that train use the cached toy model
+(the `toy_cache` fixture) with a fraction of an epoch, a few seconds each on 2 CPU cores.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import bs_unlearn as bs
+import toy_world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def one_line_error(call, *words):
+    """call() must exit with a single 'error: ...' line that contains each of `words`."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    msg = e.value.code
+    assert isinstance(msg, str) and msg.startswith("error:") and "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+def leftovers(folder):
+    """Temporary folders a run or a build left beside its target."""
+    return [n for n in os.listdir(folder) if ".tmp-" in n]
+
+
+def quick_run(toy_cache, out, *extra):
+    return ["--method", "ga", "--epochs", "0.25", "--cache_dir", toy_cache[0], "--out_dir", str(out),
+            "--sample_every", "1000", *extra]
+
+
+# -----------------------------------------------------------------------------------------------------
+# Arguments: every number in its range, refused before anything is created
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "inf"), ("--epochs", "0"), ("--epochs", "-3"),
+    ("--batch_size", "0"), ("--grad_accum", "0"), ("--max_grad_norm", "0"), ("--warmup_epochs", "-1"),
+    ("--npo_beta", "0"), ("--bst_topk", "0"), ("--bst_lambda", "1.5"), ("--bss_lambda", "-0.1"),
+    ("--bst_temp", "0"), ("--bss_n", "0"), ("--bss_keep", "-1"), ("--micro_batch", "0"),
+    ("--gen_batch_size", "0"), ("--alpha", "-1"), ("--bss_regen", "nan"), ("--batch_size", "2.5")])
+def test_numeric_flags_are_range_checked(tmp_path, flag, value):
+    out = tmp_path / "runs" / "x"
+    one_line_error(lambda: bs.main([flag, value, "--out_dir", str(out)]), flag, value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bss_keep_above_n(tmp_path):
+    one_line_error(lambda: bs.get_args(["--bss_n", "2", "--bss_keep", "3"]), "--bss_keep", "--bss_n")
+
+
+def test_good_values_still_parse():
+    args = bs.get_args(["--lr", "1e-5", "--epochs", "0.5", "--bst_lambda", "0", "--bss_lambda", "1",
+                        "--warmup_epochs", "0", "--alpha", "0", "--bss_keep", "3"])
+    assert (args.lr, args.epochs, args.bst_lambda, args.bss_lambda, args.alpha) == (1e-5, 0.5, 0, 1, 0)
+
+
+# -----------------------------------------------------------------------------------------------------
+# Output paths: checked before the model loads; a run appears only when it is complete
+
+
+def test_out_dir_that_is_a_file(tmp_path, monkeypatch):
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    monkeypatch.setattr(bs, "load_model", None)  # must fail before any model is loaded
+    one_line_error(lambda: bs.main(["--out_dir", str(target)]), "is a file")
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["/proc/bs_unlearn_run", "readonly/run"])
+def test_out_dir_that_cannot_be_written(tmp_path, monkeypatch, where):
+    if where.startswith("readonly"):
+        if os.geteuid() == 0:
+            pytest.skip("root can write into a read-only folder; /proc covers this case")
+        ro = tmp_path / "readonly"
+        ro.mkdir()
+        ro.chmod(0o500)
+        where = str(tmp_path / where)
+    monkeypatch.setattr(bs, "load_model", None)
+    one_line_error(lambda: bs.main(["--out_dir", where]), "cannot write")
+
+
+def test_full_disk_leaves_no_run(toy_cache, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    out = tmp_path / "run"
+    one_line_error(lambda: bs.main(quick_run(toy_cache, out)), "cannot save", "No space left")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_interrupted_run_keeps_the_old_one(toy_cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    bs.main(quick_run(toy_cache, out))
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bs, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bs.main(quick_run(toy_cache, out, "--overwrite"))
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before  # the finished run, untouched
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_only_when_done(toy_cache, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    bs.main(quick_run(toy_cache, out, "--overwrite"))
+    names = set(os.listdir(out))
+    assert "old.txt" not in names and {"run_config.json", "log.jsonl", "config.json"} <= names
+    assert leftovers(tmp_path) == []
+
+
+# -----------------------------------------------------------------------------------------------------
+# The toy-model cache: built atomically, rebuilt when broken, built once by concurrent processes
+
+
+@pytest.fixture
+def private_cache(toy_cache, tmp_path):
+    """A copy of the session's cached full model, free to break."""
+    cache = tmp_path / "cache"
+    src = toy_world.toy_model_dir(toy_cache[0], "full")
+    shutil.copytree(src, toy_world.toy_model_dir(str(cache), "full"))
+    return str(cache)
+
+
+class CopyingBuild:
+    """Stands in for toy_world.build_toy_model: copies the session's cached model instead of training one."""
+
+    def __init__(self, toy_cache):
+        self.source, self.calls = toy_world.toy_model_dir(toy_cache[0], "full"), []
+
+    def __call__(self, out_dir, rows, seed=0):
+        self.calls.append(out_dir)
+        shutil.copytree(self.source, out_dir, dirs_exist_ok=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "tokenizer"])
+def test_broken_cache_is_rebuilt(toy_cache, private_cache, monkeypatch, capsys, damage):
+    path = toy_world.toy_model_dir(private_cache, "full")
+    weights = os.path.join(path, "model.safetensors")
+    if damage == "truncate":
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) // 2)
+    elif damage == "delete":
+        os.remove(weights)
+    else:
+        with open(os.path.join(path, "tokenizer.json"), "w") as f:
+            f.write('{"version": "1.0", "mod')
+    build = CopyingBuild(toy_cache)
+    monkeypatch.setattr(toy_world, "build_toy_model", build)
+    full, _ = toy_world.ensure_toy_models(private_cache, with_retain=False)
+    assert len(build.calls) == 1 and "cannot be loaded" in capsys.readouterr().out
+    bs.load_model(full, torch.device("cpu"))  # usable again
+    toy_world.ensure_toy_models(private_cache, with_retain=False)
+    assert len(build.calls) == 1  # and not rebuilt a second time
+
+
+def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
+    def interrupted(out_dir, rows, seed=0):
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            f.write("{}")  # what save_pretrained writes first
+        raise KeyboardInterrupt
+    monkeypatch.setattr(toy_world, "build_toy_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        toy_world.ensure_toy_models(str(tmp_path), with_retain=False)
+    parent = os.path.dirname(toy_world.toy_model_dir(str(tmp_path), "full"))
+    assert not os.path.exists(os.path.join(parent, "full")) and leftovers(parent) == []
+
+
+def test_second_process_waits_for_the_first_build(private_cache):
+    """While one process holds the build lock, a second one waits; once the first has finished, the second
+    uses its model instead of building again."""
+    from filelock import FileLock
+    path = toy_world.toy_model_dir(private_cache, "full")
+    moved = path + "-aside"
+    stamp = os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns
+    os.rename(path, moved)  # as if the first process were still building
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {ROOT!r})
+        import toy_world
+        toy_world.build_toy_model = lambda *a, **k: sys.exit("built again")
+        print("ready", flush=True)
+        toy_world.ensure_toy_models({private_cache!r}, with_retain=False)
+        print("used the cached model")
+    """)
+    with FileLock(path + ".lock"):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert child.stdout.readline().strip() == "ready"  # imports done: next it asks for the model
+        time.sleep(3)
+        assert child.poll() is None  # still waiting for the lock
+        os.rename(moved, path)  # the first build completes
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0 and "used the cached model" in out, (out, err)
+    assert os.stat(os.path.join(path, "model.safetensors")).st_mtime_ns == stamp  # not rewritten
+
+
+def test_cache_that_cannot_be_written(monkeypatch):
+    one_line_error(lambda: toy_world.ensure_toy_models("/proc/bs_unlearn_cache", with_retain=False),
+                   "cannot write", "--cache_dir")
+
+
+# -----------------------------------------------------------------------------------------------------
+# Files with bad rows, and a model folder with cut weights
+
+
+def tofu_args(data, out, model="unused"):
+    return ["--data", "tofu", "--data_dir", str(data), "--model", str(model), "--out_dir", str(out)]
+
+
+@pytest.mark.parametrize("content,words", [
+    ("[1, 2, 3]", ["row 1", "JSON object"]),
+    ('{"question": "q?", "answer": null}\n', ["line 1", "'answer'", "a string"]),
+    ('{"question": "q?", "answer": "a.", "perturbed_answer": "x"}\n', ["'perturbed_answer'", "list of strings"]),
+    ('{"question": "q?", "answer": "a."}\n\n{"question": 3, "answer": "a."}\n', ["line 3", "'question'"]),
+    ('{"a": 1}', ["line 1", "'question'"]),
+    ('"just a string"', ["line 1", "JSON object"]),
+    ('{"rows": []}\n', ["line 1", "'question'"]),
+])
+def test_bad_rows_name_file_row_and_field(tmp_path, content, words):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "forget10.json").write_text(content)
+    msg = one_line_error(lambda: bs.main(tofu_args(data, tmp_path / "out")), *words)
+    assert "forget10.json" in msg and not (tmp_path / "out").exists()
+
+
+def test_binary_file(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "forget10.json").write_bytes(bytes(range(128, 256)) * 4)
+    one_line_error(lambda: bs.main(tofu_args(data, tmp_path / "out")), "forget10.json", "UTF-8")
+
+
+def test_truncated_jsonl_names_the_files_own_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.dumps(dict(question=f"q{i}?", answer=f"a{i}.")) for i in range(21)]
+    rows[-1] = rows[-1][:14]  # the last record is cut
+    (data / "forget10.json").write_text("\n".join(rows[:10]) + "\n\n" + "\n".join(rows[10:]))
+    one_line_error(lambda: bs.main(tofu_args(data, tmp_path / "out")), "forget10.json", "line 22")
+
+
+def test_model_folder_with_cut_weights(toy_cache, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(toy_world.toy_model_dir(toy_cache[0], "full"), model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    one_line_error(lambda: bs.load_model(str(model), torch.device("cpu")), "cannot load model")
+
+
+# -----------------------------------------------------------------------------------------------------
+# A NaN gradient is caught before the optimizer applies it
+
+
+def test_nan_gradient_stops_before_the_step(toy_cache, monkeypatch):
+    model, tok = bs.load_model(toy_cache[1], torch.device("cpu"))
+    forget_rows, retain_rows = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def finite_loss_nan_gradient(logits, batch, method, args):
+        # sqrt at 0: the value is 0, the gradient 0.5 / sqrt(0) * 0 = inf * 0 = NaN
+        return torch.sqrt(logits.sum() * 0)
+    monkeypatch.setattr(bs, "forget_loss", finite_loss_nan_gradient)
+    args = bs.get_args(["--method", "ga", "--epochs", "0.25", "--alpha", "0"])
+    one_line_error(lambda: bs.train(model, tok, bs.encode_rows(tok, forget_rows), [], args),
+                   "step 1", "gradient norm nan")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing applied
