@@ -97,6 +97,8 @@ def get_args(argv=None):
                    help="the retain-only model, for FQ (toy: the cached one; TOFU: none, so no FQ)")
     p.add_argument("--cache_dir", default=None,
                    help="the toy models' cache (default: the runs', else bs_unlearn.py's default)")
+    p.add_argument("--system_prompt", default=None, help="the prompt's system turn (default: the runs')")
+    p.add_argument("--date_string", default=None, help="the chat template's date (default: the runs')")
     p.add_argument("--allow_tokenizer_mismatch", action="store_true",
                    help="evaluate a model whose tokenizer is not the starting model's (choice 7)")
     # metrics
@@ -147,7 +149,8 @@ def resolve(args):
     """Fill --data / --forget_split / --data_dir from the runs and pick the two references. Checks everything
     that can fail cheaply, before any model is loaded. Returns (base_path, retain_path or None)."""
     cfgs = [read_run(r) for r in args.runs]
-    for key, default in (("data", "toy"), ("forget_split", "forget10")):
+    for key, default in (("data", "toy"), ("forget_split", "forget10"), ("system_prompt", None),
+                         ("date_string", None)):
         seen = {c[key] for c in cfgs if c.get(key)}
         if getattr(args, key) is None:
             if len(seen) > 1:
@@ -205,18 +208,12 @@ def check_weights(path):
 def check_models(models, allow_mismatch=False):
     """Before any model is loaded: local weights are whole, and every model reads text as the starting model,
     models[0], does (choice 7). Only the tokenizers are loaded; pad is compared as bs.load_model sets it."""
-    from transformers import AutoTokenizer
     ref = None
     for _, path in models:
         if os.path.isdir(path):
             check_weights(path)
-        try:
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception as e:  # a missing path, an unreachable hub: one line
-            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            bs.fail(f"cannot load the tokenizer of {path!r}: {first_line}")
-        mine = {"token ids": tok.get_vocab(), "EOS id": tok.eos_token_id,
-                "pad id": tok.eos_token_id if tok.pad_token is None else tok.pad_token_id,
+        tok = bs.load_tokenizer(path)
+        mine = {"token ids": tok.get_vocab(), "EOS id": tok.eos_token_id, "pad id": tok.pad_token_id,
                 "chat template": getattr(tok, "chat_template", None)}
         ref = ref or mine
         diff = [k for k, v in mine.items() if v != ref[k]]
@@ -603,7 +600,7 @@ def main(argv=None):
     results, beliefs = {}, None
     for name, path in models:  # the base first: its beliefs are drawn once and reused by every model
         t = time.time()
-        model, tok = bs.load_model(path, device, args.dtype)
+        model, tok = bs.load_model(path, device, args.dtype, args.system_prompt, args.date_string)
         if args.threads:  # after load_model, which puts the toy model on one thread
             torch.set_num_threads(args.threads)
         if beliefs is None:
