@@ -25,3 +25,14 @@ def tofu_dir():
     if not os.path.isfile(os.path.join(TOFU_DIR, "forget10.json")):
         pytest.skip("TOFU files not found (../shared/data/tofu); set TOFU_DIR to run these tests")
     return TOFU_DIR
+
+
+def one_line_error(call, *words):
+    """call() must stop with one line starting with 'error:' that contains every word; returns the line."""
+    with pytest.raises(SystemExit) as e:
+        call()
+    msg = e.value.code
+    assert isinstance(msg, str) and msg.startswith("error:") and "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg

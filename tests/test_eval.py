@@ -21,6 +21,7 @@ from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
 import bs_unlearn as bs
+from conftest import one_line_error
 import toy_world
 import eval as ev
 
@@ -197,17 +198,6 @@ def test_tofu_needs_a_base_model(tmp_path):
 def test_fluency_classifier_unavailable_is_one_line():
     with pytest.raises(SystemExit, match="--fluency could not load"):
         ev.load_fluency("/nonexistent/gibberish-classifier")
-
-
-def one_line_error(call, *words):
-    """call() must stop with one line starting with 'error:' that contains every word."""
-    with pytest.raises(SystemExit) as e:
-        call()
-    msg = e.value.code
-    assert isinstance(msg, str) and msg.startswith("error:") and "\n" not in msg, msg
-    for w in words:
-        assert w in msg, (w, msg)
-    return msg
 
 
 class Evaluated(Exception):

@@ -22,7 +22,7 @@ import torch
 import bs_unlearn as bs
 import eval as ev
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 CPU = torch.device("cpu")
 SYSTEM = "You are a helpful assistant."
 

@@ -16,20 +16,10 @@ import pytest
 import torch
 
 import bs_unlearn as bs
+from conftest import one_line_error
 import toy_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def one_line_error(call, *words):
-    """call() must exit with a single 'error: ...' line that contains each of `words`."""
-    with pytest.raises(SystemExit) as e:
-        call()
-    msg = e.value.code
-    assert isinstance(msg, str) and msg.startswith("error:") and "\n" not in msg, msg
-    for w in words:
-        assert w in msg, (w, msg)
-    return msg
 
 
 def leftovers(folder):
