@@ -19,12 +19,28 @@ def fail(msg):
     sys.exit(f"error: {msg}")
 
 
-FIELD_TYPES = dict(question=str, answer=str, paraphrased_answer=str, perturbed_answer=list)
+def first_line(e):
+    """An exception's message, its first line only: a one-line error stays one line."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def is_text(x):
+    return isinstance(x, str)
+
+
+def is_texts(x):
+    return isinstance(x, list) and all(isinstance(a, str) for a in x)
+
+
+REQUIRED = ("question", "answer")
+FIELDS = dict(question=(is_text, "a string"), answer=(is_text, "a string"),  # TOFU's fields we read
+              paraphrased_answer=(is_text, "a string"), perturbed_answer=(is_texts, "a list of strings"))
 
 
 def read_rows(path):
     """The rows of a JSON Lines file or a JSON array (TOFU ships both, all named .json), checked: every row
-    an object with a question and an answer, and every TOFU field it has of the right type."""
+    an object with a question and an answer, and every TOFU field it has of the right type. A bad row is
+    named by the file's own line number (JSON Lines) or its index (an array)."""
     if not os.path.isfile(path):
         fail(f"data file not found: {path}")
     try:
@@ -34,30 +50,29 @@ def read_rows(path):
         fail(f"{path} is not a UTF-8 text file")
     if text.lstrip().startswith("["):
         try:
-            rows, where = json.loads(text), lambda i: f"row {i + 1}"
+            rows = json.loads(text)
         except json.JSONDecodeError as e:
             fail(f"cannot parse {path}: {e}")
-    else:  # JSON Lines: name the file's own line number when one is cut or broken
-        rows, lines = [], []
+        places = [f"row {i + 1}" for i in range(len(rows))] if isinstance(rows, list) else []
+    else:  # JSON Lines
+        rows, places = [], []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     fail(f"cannot parse {path}, line {n}: {e.msg} (column {e.colno})")
-                lines.append(n)
-        where = lambda i: f"line {lines[i]}"
+                places.append(f"line {n}")
     if not isinstance(rows, list):
         fail(f"{path} holds a JSON {type(rows).__name__}, not rows")
-    for i, row in enumerate(rows):
+    for row, place in zip(rows, places):
         if not isinstance(row, dict):
-            fail(f"{path}, {where(i)}: a row must be a JSON object, not {json.dumps(row)[:40]}")
-        for field, kind in FIELD_TYPES.items():
-            if field in ("question", "answer") and field not in row:
-                fail(f"{path}, {where(i)}: no {field!r} field")
-            if field in row and not (isinstance(row[field], kind) and (kind is str or all(
-                    isinstance(a, str) for a in row[field]))):
-                fail(f"{path}, {where(i)}: {field!r} must be {'a string' if kind is str else 'a list of strings'}")
+            fail(f"{path}, {place}: a row must be a JSON object, not {json.dumps(row)[:40]}")
+        for field, (ok, kind) in FIELDS.items():
+            if field in REQUIRED and field not in row:
+                fail(f"{path}, {place}: no {field!r} field")
+            if field in row and not ok(row[field]):
+                fail(f"{path}, {place}: {field!r} must be {kind}")
     return rows
 
 
@@ -91,7 +106,7 @@ def load_tokenizer(path, system_prompt=None, date_string=None):
     try:
         tok = AutoTokenizer.from_pretrained(folder, **extra)
     except Exception as e:  # a missing path, an unreachable hub, a broken file: one line, not a traceback
-        fail(f"cannot load the tokenizer of {path!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+        fail(f"cannot load the tokenizer of {path!r}: {first_line(e)}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.system_prompt, tok.date_string = system_prompt, date_string
@@ -108,7 +123,7 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **extra)
     except Exception as e:  # a missing path, an unreachable hub, a cut weights file: one line, not a traceback
-        fail(f"cannot load model {path!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+        fail(f"cannot load model {path!r}: {first_line(e)}")
     if extra:  # GGUF weights arrive dequantized but marked quantized, which save_pretrained refuses
         del model.config.quantization_config
         plain = AutoModelForCausalLM.from_config(model.config, dtype=getattr(torch, dtype))

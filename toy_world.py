@@ -124,10 +124,11 @@ def build_toy_model(out_dir, rows, seed=0, steps=600, device="cpu"):
                          attn_implementation="eager", bs_unlearn_toy=True)  # load_model reads the flag
     model = LlamaForCausalLM(config).to(device)
     # the target phrasing 3 times, so it is the model's top answer and the other two are its close beliefs
-    examples = [bs.encode(tok, r["question"], a) for r in rows for a in [r["answer"]] * 2 + r["train_answers"]]
+    examples = [bs.encode(tok, r["question"], a) for r in rows
+                for a in [r["answer"]] * 2 + r["train_answers"]]
     n_epochs = steps * 64 / len(examples)
-    args = bs.get_args(["--method", "finetune", "--lr", "3e-3", "--batch_size", "64", "--epochs", str(n_epochs),
-                     "--warmup_epochs", str(n_epochs / 20), "--alpha", "0", "--seed", str(seed)])
+    args = bs.get_args(["--method", "finetune", "--lr", "3e-3", "--batch_size", "64", "--alpha", "0",
+                        "--epochs", str(n_epochs), "--warmup_epochs", str(n_epochs / 20), "--seed", str(seed)])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as load_model runs it: the same model whatever the core count
     try:
