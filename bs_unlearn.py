@@ -8,7 +8,8 @@ so the fact survives in other words. Bootstrapping (BS) also pushes down the mod
 BS-T at token level (its own top-k next tokens as soft targets), BS-S at sequence level (its own sampled
 answers). Read top to bottom: config -> data -> log-probs -> objectives -> belief sampling -> training
 loop -> main. Two files hold what is not the method: toy_world.py, the embedded example (fictitious
-authors and a tiny model that memorises them, built offline), and plumbing.py (errors, files, models).
+authors and a tiny model that memorises them, built offline), plumbing.py (errors, files, models) and
+scaling.py (many processes through torchrun, LoRA adapters through peft).
 
 Run (fully offline; the first run builds and caches a tiny model on generated data, ~1 min on 2 CPU cores):
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, finetune
@@ -17,6 +18,9 @@ TOFU on a GPU (paper settings):
     python bs_unlearn.py --data tofu --forget_split forget10 --method bs_s \
         --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full --lr 1e-5 --epochs 10 \
         --batch_size 8 --grad_accum 4 --warmup_epochs 1 --weight_decay 0.01
+On K GPUs (data-parallel; --fsdp also shards weights, grads and AdamW state), --batch_size is per GPU:
+    torchrun --standalone --nproc_per_node=4 bs_unlearn.py ... --batch_size 2 --grad_accum 4 [--fsdp]
+LoRA adapters, merged into the saved model (--save_adapter keeps them alone too): ... --lora_r 16 --lr 1e-4
 
 Deviations from the paper and its public code:
 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
@@ -32,8 +36,11 @@ Deviations from the paper and its public code:
 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
+8. On K ranks a global batch that K does not divide is padded with repeats (as DistributedSampler does), and
+   each rank samples beliefs for its own share of the forget set, so they differ from a 1-process run's.
 """
 import argparse
+import contextlib
 import copy
 import functools
 import json
@@ -48,6 +55,7 @@ import torch.nn.functional as F
 # not the method: one-line errors, row files, loading and saving models, writing folders whole (bs.quiet and
 # bs.load_tokenizer are for eval.py and the notebooks)
 from plumbing import atomic_dir, fail, load_model, load_tokenizer, pick_device, quiet, read_rows, save_model  # noqa: F401
+import scaling  # torchrun's ranks and FSDP2, LoRA: a few calls below, each a no-op in a plain run
 
 # -----------------------------------------------------------------------------------------------------
 # Config
@@ -92,7 +100,7 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir once the run is done")
     # optimisation (defaults: the embedded toy example on a CPU; see the docstring for TOFU)
     p.add_argument("--epochs", type=positive, default=10)
-    p.add_argument("--batch_size", type=count, default=16, help="forget examples per micro-step")
+    p.add_argument("--batch_size", type=count, default=16, help="forget examples per micro-step (per rank)")
     p.add_argument("--grad_accum", type=count, default=1, help="micro-steps per optimizer step")
     p.add_argument("--lr", type=positive, default=3e-4)  # toy: 1e-4 forgets nothing, 5e-4 wrecks the retain set
     p.add_argument("--warmup_epochs", type=number(float, 0), default=1.0, help="linear warmup, then decay")
@@ -123,6 +131,12 @@ def get_args(argv=None):
                    help="how AdamW stores new bf16 weights: stochastic (BF16AdamW) or nearest (torch's AdamW,\n"
                         "as trainers that load bf16 weights do; it drops updates below half a bf16 step)")
     p.add_argument("--gen_batch_size", type=count, default=64)
+    # bigger models: run under torchrun for data parallel; LoRA trains adapters on a frozen model
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, grads, AdamW (FSDP2)")
+    p.add_argument("--lora_r", type=number(int, 0), default=0, help="LoRA rank (0: train all weights)")
+    p.add_argument("--lora_alpha", type=positive, default=None, help="LoRA scale alpha / r (default 2 r)")
+    p.add_argument("--lora_targets", default=scaling.LORA_TARGETS, help="comma-separated module names")
+    p.add_argument("--save_adapter", action="store_true", help="also save the adapters alone, <out_dir>/adapter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample_every", type=number(int, 0), default=0,
                    help="print greedy answers every N steps (0: once an epoch)")
@@ -131,6 +145,11 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.bss_keep > args.bss_n:
         fail(f"--bss_keep {args.bss_keep} is more than --bss_n {args.bss_n}")
+    if args.fsdp and args.lora_r:
+        fail("--fsdp with --lora_r is not supported; LoRA's adapters and their AdamW state are small anyway")
+    if args.save_adapter and not args.lora_r:
+        fail("--save_adapter needs --lora_r")
+    args.lora_alpha = args.lora_alpha or 2 * args.lora_r
     if args.forget_pct is not None:
         args.forget_split = f"forget{args.forget_pct:02d}"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
@@ -255,9 +274,12 @@ def score(model, tok, examples, batch_size=64):
     """Per example: summed answer log-prob, answer length, tokens the greedy (argmax) prediction gets right,
     and the length of the all-correct answer suffix (for extraction strength). One forward per batch."""
     out = {k: [] for k in ("logp", "n_tokens", "n_correct", "n_suffix")}
-    was_training = model.training
+    was_training, starts = model.training, list(range(0, len(examples), batch_size))
+    n = len(starts)
+    if scaling.is_sharded(model):  # FSDP: as many forwards as the busiest rank (each is a collective)
+        starts += [0] * (max(scaling.counts(n)) - n)
     model.eval()
-    for i in range(0, len(examples), batch_size):
+    for i in starts:
         batch = collate(examples[i:i + batch_size], tok.pad_token_id)
         logits = forward(model, batch)
         labels = batch["labels"][:, 1:].to(logits.device)
@@ -269,7 +291,8 @@ def score(model, tok, examples, batch_size=64):
         out["n_correct"].append((hit & mask).sum(-1))
         out["n_suffix"].append((tail & mask).sum(-1))
     model.train(was_training)
-    return {k: torch.cat(v).cpu() for k, v in out.items()}
+    scaling.reshard(model)
+    return {k: torch.cat(v[:n]).cpu() for k, v in out.items()}  # (the extra forwards' results dropped)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -368,6 +391,7 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
     was_training, device = model.training, next(model.parameters()).device
+    synced = dict(synced_gpus=True) if scaling.is_sharded(model) else {}  # FSDP: step until every rank ends
     model.eval()
     outs = []
     for i in range(0, len(prompts), batch_size):
@@ -375,17 +399,18 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
         batch = collate(chunk, tok.pad_token_id, side="left")  # left: all prompts end where generation starts
         with autocast(model):
             seqs = model.generate(input_ids=batch["input_ids"].to(device), generation_config=cfg,
-                                  attention_mask=batch["attention_mask"].to(device))
+                                  attention_mask=batch["attention_mask"].to(device), **synced)
         for s in seqs[:, batch["input_ids"].shape[1]:].tolist():
             outs.append(s[:s.index(tok.eos_token_id) + 1] if tok.eos_token_id in s else s)
     model.train(was_training)
+    scaling.reshard(model)
     return [outs[j * n:(j + 1) * n] for j in range(len(prompts))]
 
 
 def sample_beliefs(model, tok, forget_examples, args, round=0, ref_model=None):
     """N sampled answers per forget example, kept per example: beliefs[i] is a list of encoded examples.
-    Seeded per (seed, round). With --bss_keep K, keep the K with the highest mean token log-prob."""
-    torch.manual_seed(args.seed * 1000 + round)
+    Seeded per (seed, round, rank). With --bss_keep K, keep the K with the highest mean token log-prob."""
+    torch.manual_seed(args.seed * 1000 + round + 1_000_003 * scaling.rank())
     max_new = args.bss_max_new_tokens or max(len(e["input_ids"]) - e["prompt_len"] for e in forget_examples)
     prompts = [e["input_ids"][:e["prompt_len"]] for e in forget_examples]
     samples = generate(model, tok, prompts, max_new, n=args.bss_n, do_sample=True,
@@ -403,9 +428,12 @@ def sample_beliefs(model, tok, forget_examples, args, round=0, ref_model=None):
     return beliefs
 
 
-def attach_ref_logps(ref_model, tok, examples, batch_size=64):
-    """NPO's reference log-probs, computed once: the reference model is frozen and the data fixed."""
-    for e, lp in zip(examples, score(ref_model, tok, examples, batch_size)["logp"].tolist()):
+def attach_ref_logps(ref_model, tok, examples, batch_size=64, split=False):
+    """NPO's reference log-probs, computed once: the reference model is frozen and the data fixed. With
+    split=True each of torchrun's ranks scores its share, and all get every example's."""
+    run = scaling.gather if split else (lambda fn, items: fn(items))
+    logps = run(lambda part: score(ref_model, tok, part, batch_size)["logp"].tolist(), examples)
+    for e, lp in zip(examples, logps):
         e["ref_logp"] = lp
 
 
@@ -429,9 +457,10 @@ def batches(n, batch_size, rng):
 
 def make_optimizer(model, args):
     """AdamW, with weight decay on matrices only; bf16 weights get stochastic rounding (deviation 7)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
+    params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+    decay = [p for p in params if p.dim() >= 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay},
-              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     if args.bf16_rounding == "stochastic" and any(p.dtype == torch.bfloat16 for p in decay):
         from bf16_adamw import BF16AdamW  # (a file of its own: numerics, not the method)
         return BF16AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
@@ -461,10 +490,17 @@ def forget_step(model, tok, targets, beliefs, args, weight):
     beliefs = sorted(beliefs, key=lambda b: len(b["input_ids"]))  # similar lengths in a chunk: less padding
     if not beliefs:  # every sample of this batch was empty (EOS first): the targets stand in for them
         beliefs = targets
+    # On K ranks the mean is over all K ranks' beliefs (n in all): chunk c weighs K * len(c) / n, as the
+    # gradients are averaged over the ranks. Under FSDP each rank runs as many chunks as the busiest one.
     chunks = [beliefs[i:i + args.micro_batch] for i in range(0, len(beliefs), args.micro_batch)]
+    sizes = scaling.counts(len(beliefs))  # [len(beliefs)] in one process
+    K, n = len(sizes), sum(sizes)
     target_loss = forward_backward(model, tok, targets, loss_fn, weight * (1 - lam))
-    belief_loss = sum(forward_backward(model, tok, c, loss_fn, weight * lam * len(c) / len(beliefs))
-                      * len(c) / len(beliefs) for c in chunks)
+    belief_loss = sum(forward_backward(model, tok, c, loss_fn, weight * lam * len(c) * K / n)
+                      * len(c) * K / n for c in chunks)
+    extra = max(-(-s // args.micro_batch) for s in sizes) - len(chunks) if scaling.is_sharded(model) else 0
+    for c in chunks[:1] * extra:  # these weigh nothing; they keep FSDP's collectives in step
+        forward_backward(model, tok, c, loss_fn, 0.0)
     return bss_loss(target_loss, belief_loss, lam)
 
 
@@ -473,23 +509,25 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     """Minimise gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
     pairs a forget batch with a retain batch. BS-S only: `beliefs`, as sample_beliefs returns them for
     forget_ex, replaces the first round of sampling (later rounds, with --bss_regen, are sampled here).
-    One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path."""
+    One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
+    Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
     from tqdm.auto import tqdm
     torch.manual_seed(args.seed)
-    micro_per_epoch = math.ceil(len(forget_ex) / args.batch_size)
+    K, main_rank = scaling.world(), scaling.is_main()
+    micro_per_epoch = math.ceil(len(forget_ex) / (args.batch_size * K))
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak
     opt = make_optimizer(model, args)
-    forget_batches = batches(len(forget_ex), args.batch_size, random.Random(args.seed))
+    forget_batches = batches(len(forget_ex), args.batch_size * K, random.Random(args.seed))
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    retain_batches = batches(len(retain_ex), args.batch_size, random.Random(args.seed + 1))
+    retain_batches = batches(len(retain_ex), args.batch_size * K, random.Random(args.seed + 1))
     retain_fn = functools.partial(retain_loss, args=args, ref_model=ref_model)
     belief_round = 0  # which round of beliefs `beliefs` holds (None: none yet)
     if args.method == "bs_s" and beliefs is None:
         belief_round = None
     sample_every = args.sample_every or max(1, micro_per_epoch // args.grad_accum)
     log = open(log_path, "a") if log_path else None
-    bar = tqdm(total=total, disable=not progress, desc=args.method, leave=False)
+    bar = tqdm(total=total, disable=not (progress and main_rank), desc=args.method, leave=False)
     model.train()
     for step in range(total):
         t0 = time.time()
@@ -498,19 +536,22 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             group["lr"] = lr
         forget = retain = 0.0
         for micro in range(args.grad_accum):
-            idx = next(forget_batches)
+            idx = scaling.share(next(forget_batches))  # this rank's share of the global batch
             if args.method == "bs_s":  # resample beliefs every --bss_regen epochs (0: sampled once)
                 r = int((step * args.grad_accum + micro) / micro_per_epoch // args.bss_regen) if args.bss_regen else 0
-                if r != belief_round:
-                    beliefs, belief_round = sample_beliefs(model, tok, forget_ex, args, r, ref_model), r
+                if r != belief_round:  # (each rank samples for its share of forget_ex, and all get all)
+                    sample = functools.partial(sample_beliefs, model, tok, args=args, round=r,
+                                               ref_model=ref_model)
+                    beliefs, belief_round = scaling.gather(sample, forget_ex), r
             mine = [b for i in idx for b in beliefs[i]] if args.method == "bs_s" else None
             w = 1 / args.grad_accum
             forget += forget_step(model, tok, [forget_ex[i] for i in idx], mine, args, args.gamma * w) * w
             if use_retain:
-                retain_batch = [retain_ex[i] for i in next(retain_batches)]
+                retain_batch = [retain_ex[i] for i in scaling.share(next(retain_batches))]
                 retain += forward_backward(model, tok, retain_batch, retain_fn, args.alpha * w) * w
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        forget, retain, gnorm = float(forget), float(retain), float(gnorm)  # one sync per step
+        scaling.sync_grads(model)  # K ranks: average the gradients (FSDP did it in backward)
+        gnorm = scaling.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm))
+        forget, retain, gnorm = scaling.average(forget, retain, gnorm)  # one sync per step; K ranks: the mean
         if not all(map(math.isfinite, (forget, retain, gnorm))):  # caught before the step is applied
             fail(f"at step {step + 1} the forget loss is {forget}, the retain loss {retain} and the gradient "
                  f"norm {gnorm}; lower --lr or check the data")
@@ -524,8 +565,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             log.write(json.dumps(rec) + "\n")
         bar.update(1)
         if not progress:
-            print(f"step {rec['step']:4d}/{total} | forget {forget:9.4f} | retain {retain:8.4f} "
-                  f"| lr {lr:.2e} | gnorm {gnorm:7.2f} | {rec['ms']:6.1f} ms")
+            if main_rank:
+                print(f"step {rec['step']:4d}/{total} | forget {forget:9.4f} | retain {retain:8.4f} "
+                      f"| lr {lr:.2e} | gnorm {gnorm:7.2f} | {rec['ms']:6.1f} ms")
             if rec["step"] % sample_every == 0 or rec["step"] == total:
                 show_answers(model, tok, forget_ex[0], retain_ex[0] if retain_ex else None)
     bar.close()
@@ -538,8 +580,9 @@ def show_answers(model, tok, *examples):
     """Print the greedy answer to one forget and one retain question: the quickest look at what happened."""
     for tag, e in zip(("forget", "retain"), examples):
         if e is not None:
-            out = generate(model, tok, [e["input_ids"][:e["prompt_len"]]], 48)[0][0]
-            print(f"    {tag}: {e['question']!r} -> {tok.decode(out, skip_special_tokens=True).strip()!r}")
+            out = generate(model, tok, [e["input_ids"][:e["prompt_len"]]], 48)[0][0]  # (all ranks: FSDP)
+            if scaling.is_main():
+                print(f"    {tag}: {e['question']!r} -> {tok.decode(out, skip_special_tokens=True).strip()!r}")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -561,8 +604,12 @@ def main(argv=None):
         fail(f"--out_dir {args.out_dir} is a file, not a directory")
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         fail(f"--out_dir {args.out_dir} is not empty; pass --overwrite or choose another")
-    with atomic_dir(out) as tmp:  # the run appears at out only once it is complete (run_config.json last)
-        device = pick_device(args.device)
+    device = scaling.setup(pick_device(args.device))  # under torchrun: join the process group
+    if args.fsdp and scaling.world() == 1:
+        fail("--fsdp shards over several processes; launch with torchrun --nproc_per_node=K")
+    main_rank = scaling.is_main()  # the one that writes: its log, its folder
+    # the run appears at out only once it is complete (run_config.json last)
+    with atomic_dir(out) if main_rank else contextlib.nullcontext() as tmp:
         if args.model == "toy":
             toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
         t0 = time.time()
@@ -572,16 +619,30 @@ def main(argv=None):
             forget_ex, retain_ex = forget_ex + retain_ex, []
         # the frozen reference stays in memory only if something needs it after the start
         keep_ref = (args.alpha > 0 and args.retain_loss == "kl") or (needs_ref_logps(args) and args.bss_regen > 0)
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref else None
-        if needs_ref_logps(args):
-            attach_ref_logps(model, tok, forget_ex, args.gen_batch_size)  # the model is still the reference
-        print(f"{args.method} on {len(forget_ex)} forget / {len(retain_ex)} retain examples, model {args.model} "
-              f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on {device}")
-        train(model, tok, forget_ex, retain_ex, args, ref_model, os.path.join(tmp, "log.jsonl"))
-        save_model(model, tok, tmp)
-        with open(os.path.join(tmp, "run_config.json"), "w") as f:
-            json.dump(dict(vars(args), model_path=model_path), f, indent=2)
-    print(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref and not args.lora_r else None
+        if args.lora_r:  # only adapters train, so the starting model is this one with them off: no copy
+            model = scaling.add_lora(model, args.lora_r, args.lora_alpha, args.lora_targets)
+            ref_model = scaling.AdaptersOff(model) if keep_ref else None
+        if args.fsdp:
+            model, ref_model = scaling.fsdp(model), ref_model and scaling.fsdp(ref_model)
+        if needs_ref_logps(args):  # the model is still the reference; each rank scores its share
+            attach_ref_logps(model, tok, forget_ex, args.gen_batch_size, split=True)
+        n_all = sum(p.numel() for p in model.parameters()) / 1e6
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6  # LoRA: the adapters
+        if main_rank:
+            print(f"{args.method} on {len(forget_ex)} forget / {len(retain_ex)} retain examples, model "
+                  f"{args.model} ({n_all:.2f}M params, {n_train:.2f}M trained) on {device}"
+                  + (f" x {scaling.world()} ranks" if scaling.world() > 1 else ""))
+        train(model, tok, forget_ex, retain_ex, args, ref_model, tmp and os.path.join(tmp, "log.jsonl"))
+        model = scaling.unsharded(model)  # FSDP: the full weights, gathered on rank 0 (None elsewhere)
+        if main_rank:  # LoRA: the adapters merged in, so the folder is a normal HF model
+            model = scaling.merged(model, tok, args.save_adapter and os.path.join(tmp, "adapter"))
+            save_model(model, tok, tmp)
+            with open(os.path.join(tmp, "run_config.json"), "w") as f:
+                json.dump(dict(vars(args), model_path=model_path, world_size=scaling.world()), f, indent=2)
+    if main_rank:
+        print(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
+    scaling.teardown()
 
 
 if __name__ == "__main__":

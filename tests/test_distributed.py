@@ -1,0 +1,187 @@
+"""Many processes (scaling.py), on the CPU with gloo: 2 ranks under torchrun, on the cached toy model.
+
+One optimizer step on 2 ranks at --batch_size b (a global batch of 2b) must give the weights of one process at
+--batch_size 2b, data-parallel and with FSDP2, for GA, BS-S and NPO with the KL retain term. The comparison
+steps with SGD (the test swaps it in for AdamW): AdamW's first step is lr * sign(grad), which turns the
+last-bit differences of a different summation order into 2 lr wherever a gradient is near zero; SGD keeps
+them at lr times that difference, so the weights compare to float tolerance. This file is also the ranks'
+script: `torchrun --nproc_per_node=2 tests/test_distributed.py OUT` runs `worker` on each.
+
+    BS_UNLEARN_CACHE=/tmp/bscache python -m pytest tests/test_distributed.py -q     (~2 min on 2 CPU cores)
+"""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import bs_unlearn as bs  # noqa: E402
+import scaling  # noqa: E402
+import toy_world  # noqa: E402
+
+CPU = torch.device("cpu")
+B = 4  # per rank; the one-process run takes 2 * B
+N_FORGET = 2 * B  # one global batch: one step per epoch
+CASES = {  # name: (bs_unlearn flags, fsdp)
+    "ga": (["--method", "ga"], False),
+    "bs_s": (["--method", "bs_s", "--micro_batch", "5"], False),
+    "npo_kl": (["--method", "npo", "--retain_loss", "kl"], False),
+    "ga_fsdp": (["--method", "ga"], True),
+    "bs_s_fsdp": (["--method", "bs_s", "--micro_batch", "5"], True),
+    "npo_kl_fsdp": (["--method", "npo", "--retain_loss", "kl"], True),
+}
+
+
+def step_args(flags, batch_size):
+    return bs.get_args([*flags, "--batch_size", str(batch_size), "--epochs", "1", "--warmup_epochs", "0",
+                        "--lr", "1e-2", "--seed", "0", "--sample_every", "1000"])
+
+
+def sgd(model, args):
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+
+
+def toy_setup(cache):
+    model, tok = bs.load_model(toy_world.toy_model_dir(cache, "full", 0), CPU)
+    forget, retain = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
+    return model, tok, bs.encode_rows(tok, forget)[:N_FORGET], bs.encode_rows(tok, retain)
+
+
+def one_step(model0, tok, forget_ex, retain_ex, flags, batch_size, beliefs, fsdp=False):
+    """One optimizer step as main() sets it up: reference model and NPO's log-probs, then train."""
+    args = step_args(flags, batch_size)
+    model, forget_ex = copy.deepcopy(model0), copy.deepcopy(forget_ex)
+    ref = copy.deepcopy(model0).eval().requires_grad_(False) if args.retain_loss == "kl" else None
+    if fsdp:
+        model, ref = scaling.fsdp(model), ref and scaling.fsdp(ref)
+    if bs.needs_ref_logps(args):
+        bs.attach_ref_logps(model, tok, forget_ex, split=True)
+    bs.train(model, tok, forget_ex, retain_ex, args, ref_model=ref,
+             beliefs=beliefs if args.method == "bs_s" else None)
+    return scaling.unsharded(model)
+
+
+def worker(out):
+    """On each rank: every case on a global batch of 2 B (B per rank); rank 0 saves the weights."""
+    scaling.setup(CPU)
+    model0, tok, forget_ex, retain_ex = toy_setup(os.environ["BS_UNLEARN_CACHE"])
+    beliefs = torch.load(os.path.join(out, "beliefs.pt"))
+    bs.make_optimizer = sgd
+    for name, (flags, fsdp) in CASES.items():
+        model = one_step(model0, tok, forget_ex, retain_ex, flags, B, beliefs, fsdp)
+        if scaling.is_main():
+            torch.save(model.state_dict(), os.path.join(out, f"{name}.pt"))
+    # BS-S sampling its own beliefs: each rank samples for its share of the forget examples only
+    sizes, real = [], bs.sample_beliefs
+
+    def recording(model, tok, forget_examples, *args, **kw):
+        sizes.append(len(forget_examples))
+        return real(model, tok, forget_examples, *args, **kw)
+    bs.sample_beliefs = recording
+    sampled = copy.deepcopy(model0)
+    bs.train(sampled, tok, forget_ex, retain_ex, step_args(["--method", "bs_s"], B))
+    with open(os.path.join(out, f"sampled{scaling.rank()}.json"), "w") as f:
+        json.dump(dict(sizes=sizes), f)
+    scaling.teardown()
+
+
+def torchrun(*argv, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *argv]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(toy_cache, tmp_path_factory):
+    """The weights after one step of every case on 2 ranks, and one process's on the same data."""
+    out = tmp_path_factory.mktemp("dist")
+    model0, tok, forget_ex, retain_ex = toy_setup(toy_cache[0])
+    beliefs = bs.sample_beliefs(model0, tok, forget_ex, step_args(["--method", "bs_s"], 2 * B))
+    beliefs[0] = beliefs[0][:1]  # the ranks then hold different numbers of beliefs (and of chunks of 5)
+    torch.save(beliefs, out / "beliefs.pt")
+    run = torchrun(os.path.abspath(__file__), str(out))
+    if run.returncode:
+        pytest.fail(f"torchrun failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    real_make_optimizer, bs.make_optimizer = bs.make_optimizer, sgd
+    try:
+        single = {name: one_step(model0, tok, forget_ex, retain_ex, flags, 2 * B, beliefs).state_dict()
+                  for name, (flags, _) in CASES.items()}
+    finally:
+        bs.make_optimizer = real_make_optimizer
+    return out, run, model0.state_dict(), single
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_step_like_one_process(two_ranks, name):
+    out, run, start, single = two_ranks
+    dist = torch.load(out / f"{name}.pt")
+    assert dist.keys() == single[name].keys()
+    moved = max((single[name][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-4  # the step did something (so the comparison means something)
+    for k, p in single[name].items():
+        torch.testing.assert_close(dist[k], p, rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+
+
+def test_one_log_line_per_step(two_ranks):
+    # every case is one step, and only rank 0 prints it; plus the 1-step run that samples its own beliefs
+    _, run, _, _ = two_ranks
+    lines = [l for l in run.stdout.splitlines() if l.startswith("step")]
+    assert len(lines) == len(CASES) + 1, run.stdout
+    assert all(l.startswith("step    1/1 ") for l in lines)
+
+
+def test_each_rank_samples_its_own_share(two_ranks):
+    out = two_ranks[0]
+    for r in range(2):
+        assert json.load(open(out / f"sampled{r}.json"))["sizes"] == [N_FORGET // 2]
+
+
+def test_share_and_gather_pad_unequal_splits(monkeypatch):
+    # 5 items on 2 ranks: shares of 3, the short one padded with its own first item; gather drops the padding
+    monkeypatch.setattr(scaling, "world", lambda: 2)
+    items = list("abcde")
+    monkeypatch.setattr(scaling, "rank", lambda: 0)
+    assert scaling.share(items) == ["a", "c", "e"]
+    monkeypatch.setattr(scaling, "rank", lambda: 1)
+    assert scaling.share(items) == ["b", "d", "b"]
+    parts = [["A", "C", "E"], ["B", "D", "B"]]
+
+    def fake_all_gather(out, mine):
+        out[:] = parts
+    monkeypatch.setattr(scaling.dist, "all_gather_object", fake_all_gather)
+    assert scaling.gather(lambda xs: [x.upper() for x in xs], items) == list("ABCDE")
+
+
+def test_main_under_torchrun_fsdp(toy_cache, tmp_path):
+    # the whole script on 2 ranks with FSDP2: BS-S on NPO (reference log-probs split over the ranks, confident
+    # beliefs scored in step) with the KL term (a sharded reference); one log, one saved full model on rank 0
+    out = tmp_path / "run"
+    run = torchrun("bs_unlearn.py", "--method", "bs_s", "--bss_base", "npo", "--bss_keep", "2",
+                   "--retain_loss", "kl", "--fsdp", "--epochs", "1", "--cache_dir", toy_cache[0],
+                   "--out_dir", str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    steps = [l for l in run.stdout.splitlines() if l.startswith("step")]
+    assert len(steps) == 2 and steps[-1].startswith("step    2/2 ")  # 64 forget examples, 2 x 16 a step
+    assert len(open(out / "log.jsonl").read().splitlines()) == 2
+    assert json.load(open(out / "run_config.json"))["world_size"] == 2
+    assert not [p for p in os.listdir(tmp_path) if p != "run"]  # no second folder from rank 1
+    model, tok = bs.load_model(str(out), CPU)
+    start, _ = bs.load_model(toy_cache[1], CPU)
+    forget, _ = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
+    forget_ex = bs.encode_rows(tok, forget)
+    assert bs.score(model, tok, forget_ex)["logp"].sum() < bs.score(start, tok, forget_ex)["logp"].sum()
+
+
+def test_fsdp_needs_torchrun(tmp_path):
+    run = subprocess.run([sys.executable, "bs_unlearn.py", "--fsdp", "--out_dir", str(tmp_path / "x")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "torchrun" in run.stderr and not os.path.exists(tmp_path / "x")
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
