@@ -54,7 +54,8 @@ import torch.nn.functional as F
 
 # not the method: one-line errors, row files, loading and saving models, writing folders whole (bs.quiet and
 # bs.load_tokenizer are for eval.py and the notebooks)
-from plumbing import atomic_dir, fail, load_model, load_tokenizer, pick_device, quiet, read_rows, save_model  # noqa: F401
+from plumbing import (atomic_dir, fail, load_model, load_tokenizer, pick_device, quiet,  # noqa: F401
+                      read_rows, save_model)
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few calls below, each a no-op in a plain run
 
 # -----------------------------------------------------------------------------------------------------
@@ -85,8 +86,9 @@ def get_args(argv=None):
     count, positive, share = number(int, 1), number(float, 0, above=True), number(float, 0, 1)
     # what to unlearn, from which model
     p.add_argument("--method", default="bs_s", choices=METHODS, help="finetune: plain NLL on all the data")
-    p.add_argument("--model", default="toy", help="'toy' (built and cached offline), a HF id, a local folder\n"
-                   "or a .gguf file (dequantized; the output is a normal HF folder)")
+    p.add_argument("--model", default="toy",
+                   help="'toy' (built and cached offline), a HF id, a local folder\n"
+                        "or a .gguf file (dequantized; the output is a normal HF folder)")
     p.add_argument("--data", default="toy", choices=["toy", "tofu"], help="generated toy authors or TOFU")
     p.add_argument("--data_dir", default=None, help="read TOFU splits from local files instead of the hub")
     p.add_argument("--forget_split", default="forget10", choices=["forget01", "forget05", "forget10"],
@@ -97,12 +99,12 @@ def get_args(argv=None):
     p.add_argument("--system_prompt", default=None, help="a system turn before each question (default: none)")
     p.add_argument("--date_string", default=None, help="the date for chat templates that print one")
     p.add_argument("--out_dir", default=None, help="where to save the model (default runs/<method>)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir once the run is done")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir at the end")
     # optimisation (defaults: the embedded toy example on a CPU; see the docstring for TOFU)
     p.add_argument("--epochs", type=positive, default=10)
     p.add_argument("--batch_size", type=count, default=16, help="forget examples per micro-step (per rank)")
     p.add_argument("--grad_accum", type=count, default=1, help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=positive, default=3e-4)  # toy: 1e-4 forgets nothing, 5e-4 wrecks the retain set
+    p.add_argument("--lr", type=positive, default=3e-4)  # toy: 1e-4 forgets nothing, 5e-4 wrecks retain
     p.add_argument("--warmup_epochs", type=number(float, 0), default=1.0, help="linear warmup, then decay")
     p.add_argument("--weight_decay", type=number(float, 0), default=0.01)
     p.add_argument("--max_grad_norm", type=positive, default=1.0)
@@ -118,9 +120,9 @@ def get_args(argv=None):
     p.add_argument("--bss_lambda", type=share, default=0.5, help="weight of the sampled-belief term")
     p.add_argument("--bss_base", default="bs_t", choices=["ga", "npo", "bs_t"], help="BS-S's base loss")
     p.add_argument("--bss_n", type=count, default=3, help="beliefs sampled per forget prompt")
-    p.add_argument("--bss_keep", type=number(int, 0), default=0, help="keep the K most confident of N (0: all)")
+    p.add_argument("--bss_keep", type=number(int, 0), default=0, help="keep the K most confident (0: all)")
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
-    p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest forget answer")
+    p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
     p.add_argument("--micro_batch", type=count, default=32, help="sequences per belief forward/backward")
     # system
@@ -128,15 +130,15 @@ def get_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--bf16_rounding", default="stochastic", choices=["stochastic", "nearest"],
-                   help="how AdamW stores new bf16 weights: stochastic (BF16AdamW) or nearest (torch's AdamW,\n"
-                        "as trainers that load bf16 weights do; it drops updates below half a bf16 step)")
+                   help="how AdamW stores new bf16 weights: stochastic (BF16AdamW) or nearest (torch's\n"
+                        "AdamW, as bf16 trainers do; it drops updates under half a bf16 step)")
     p.add_argument("--gen_batch_size", type=count, default=64)
     # bigger models: run under torchrun for data parallel; LoRA trains adapters on a frozen model
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, grads, AdamW (FSDP2)")
     p.add_argument("--lora_r", type=number(int, 0), default=0, help="LoRA rank (0: train all weights)")
     p.add_argument("--lora_alpha", type=positive, default=None, help="LoRA scale alpha / r (default 2 r)")
     p.add_argument("--lora_targets", default=scaling.LORA_TARGETS, help="comma-separated module names")
-    p.add_argument("--save_adapter", action="store_true", help="also save the adapters alone, <out_dir>/adapter")
+    p.add_argument("--save_adapter", action="store_true", help="also save the adapters, in <out_dir>/adapter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample_every", type=number(int, 0), default=0,
                    help="print greedy answers every N steps (0: once an epoch)")
@@ -195,7 +197,8 @@ def format_prompt(tok, question):
     system, date = getattr(tok, "system_prompt", None), getattr(tok, "date_string", None)
     if not getattr(tok, "chat_template", None):
         return (f"{system}\n" if system else "") + f"Question: {question}\nAnswer:"
-    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    turns = [{"role": "system", "content": system}] if system else []
+    turns.append({"role": "user", "content": question})
     extra = dict(date_string=date) if date and "date_string" in tok.chat_template else {}  # only if used
     return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **extra)
 
@@ -265,8 +268,8 @@ def autocast(model):
 def forward(model, batch):
     device = next(model.parameters()).device
     with autocast(model):
-        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                     position_ids=batch["position_ids"].to(device)).logits  # (B, T, V)
+        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                     attention_mask=batch["attention_mask"].to(device)).logits  # (B, T, V)
 
 
 @torch.no_grad()
@@ -449,7 +452,7 @@ def get_lr(step, total, warmup, lr):
 
 
 def batches(n, batch_size, rng):
-    """Index batches over n examples, epoch after epoch, reshuffled each epoch (its last batch may be short)."""
+    """Index batches over n examples, epoch after epoch, reshuffled each epoch (whose last may be short)."""
     while True:
         order = rng.sample(range(n), n)
         yield from (order[i:i + batch_size] for i in range(0, n, batch_size))
@@ -538,7 +541,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         for micro in range(args.grad_accum):
             idx = scaling.share(next(forget_batches))  # this rank's share of the global batch
             if args.method == "bs_s":  # resample beliefs every --bss_regen epochs (0: sampled once)
-                r = int((step * args.grad_accum + micro) / micro_per_epoch // args.bss_regen) if args.bss_regen else 0
+                epoch = (step * args.grad_accum + micro) / micro_per_epoch
+                r = int(epoch // args.bss_regen) if args.bss_regen else 0
                 if r != belief_round:  # (each rank samples for its share of forget_ex, and all get all)
                     sample = functools.partial(sample_beliefs, model, tok, args=args, round=r,
                                                ref_model=ref_model)
@@ -582,7 +586,8 @@ def show_answers(model, tok, *examples):
         if e is not None:
             out = generate(model, tok, [e["input_ids"][:e["prompt_len"]]], 48)[0][0]  # (all ranks: FSDP)
             if scaling.is_main():
-                print(f"    {tag}: {e['question']!r} -> {tok.decode(out, skip_special_tokens=True).strip()!r}")
+                answer = tok.decode(out, skip_special_tokens=True).strip()
+                print(f"    {tag}: {e['question']!r} -> {answer!r}")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -596,7 +601,9 @@ def main(argv=None):
     # everything that can fail cheaply fails before any work, and nothing is written until then
     forget_rows, retain_rows = load_data(args)
     import toy_world  # the embedded example's model, built and cached offline
-    model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed) if args.model == "toy" else args.model
+    model_path = args.model
+    if args.model == "toy":
+        model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed)
     out = os.path.realpath(args.out_dir)  # realpath: a symlink to the model directory is the model directory
     if os.path.realpath(model_path) == out:
         fail(f"--out_dir {args.out_dir} is the input model's directory; choose another")
@@ -618,8 +625,11 @@ def main(argv=None):
         if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
             forget_ex, retain_ex = forget_ex + retain_ex, []
         # the frozen reference stays in memory only if something needs it after the start
-        keep_ref = (args.alpha > 0 and args.retain_loss == "kl") or (needs_ref_logps(args) and args.bss_regen > 0)
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref and not args.lora_r else None
+        kl_retain = args.alpha > 0 and args.retain_loss == "kl"
+        keep_ref = kl_retain or (needs_ref_logps(args) and args.bss_regen > 0)  # (on-policy NPO beliefs)
+        ref_model = None
+        if keep_ref and not args.lora_r:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         if args.lora_r:  # only adapters train, so the starting model is this one with them off: no copy
             model = scaling.add_lora(model, args.lora_r, args.lora_alpha, args.lora_targets)
             ref_model = scaling.AdaptersOff(model) if keep_ref else None
