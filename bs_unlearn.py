@@ -501,9 +501,9 @@ def forget_step(model, tok, targets, beliefs, args, weight):
     target_loss = forward_backward(model, tok, targets, loss_fn, weight * (1 - lam))
     belief_loss = sum(forward_backward(model, tok, c, loss_fn, weight * lam * len(c) * K / n)
                       * len(c) * K / n for c in chunks)
-    extra = max(-(-s // args.micro_batch) for s in sizes) - len(chunks) if scaling.is_sharded(model) else 0
-    for c in chunks[:1] * extra:  # these weigh nothing; they keep FSDP's collectives in step
-        forward_backward(model, tok, c, loss_fn, 0.0)
+    if scaling.is_sharded(model):  # weightless extra chunks keep FSDP's collectives in step across ranks
+        for _ in range(max(math.ceil(s / args.micro_batch) for s in sizes) - len(chunks)):
+            forward_backward(model, tok, chunks[0], loss_fn, 0.0)
     return bss_loss(target_loss, belief_loss, lam)
 
 
