@@ -39,54 +39,21 @@ else:
 sys.path.insert(0, ROOT)
 
 # %%
-import copy, io, time, warnings
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars are fine
+import copy, time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import Image, display
-from PIL import Image as PILImage
-from transformers.utils import logging as hf_logging
 
 import bs_unlearn as bs
 import toy_world
 import eval as ev  # the repository's eval.py (imported under another name: `eval` is also a builtin)
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))
+from nb_common import COLORS, METHODS, NAMES, claim, show, toy_example  # shared by both notebooks
 
 t_start = time.time()
-hf_logging.disable_progress_bar()
-plt.rcParams.update({"figure.dpi": 62, "axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10})
 CACHE = bs.get_args([]).cache_dir  # $BS_UNLEARN_CACHE, else ~/.cache/bs_unlearn
-# The toy models are built once (about 35 s each on a CPU) and cached, exactly as `python bs_unlearn.py` builds
-# them; bs.load_model then runs the toy model on one thread, which is faster for a model this small.
-full_path, retain_path = toy_world.ensure_toy_models(CACHE)
-device = bs.pick_device("auto")  # CUDA when there is a GPU, else the CPU
-base, tok = bs.load_model(full_path, device, dtype="float32")  # fp32 on a GPU too: the same curves as on a CPU
-forget_rows, retain_rows = toy_world.split_toy(toy_world.make_toy_data(), "forget10")
-print(f"device: {device}; {len(forget_rows)} forget / {len(retain_rows)} retain questions; "
-      f"{sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters")
-
-METHODS = ["ga", "npo", "bs_t", "bs_s"]
-NAMES = dict(ga="GA", npo="NPO", bs_t="BS-T", bs_s="BS-S")
-COLORS = dict(ga="tab:red", npo="tab:orange", bs_t="tab:blue", bs_s="tab:green")
-
-
-def claim(text, holds):
-    """Print whether this run still supports a sentence of the text (tests fail on 'CLAIM FAILS')."""
-    print(("claim holds: " if holds else "CLAIM FAILS (the text above no longer matches this run): ") + text)
-
-
-def show(fig):
-    """Display a figure as a 48-colour PNG: the same picture in a quarter of the bytes, so the notebook
-    stays small enough to open quickly from the repository page."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    img = PILImage.open(buf).convert("RGB").quantize(48, method=PILImage.Quantize.MEDIANCUT,
-                                                     dither=PILImage.Dither.NONE)
-    out = io.BytesIO()
-    img.save(out, format="PNG", optimize=True)
-    display(Image(out.getvalue()))
+base, tok, forget_rows, retain_rows, device, full_path, retain_path = toy_example()
 
 # %% [markdown]
 # ## 1. Config
