@@ -90,8 +90,11 @@ def worker(out):
     scaling.teardown()
 
 
-def torchrun(*argv, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+def torchrun(*argv, cache, timeout=600):
+    """Two ranks on this machine, with the session's toy-model cache (the workers read it from the
+    environment, which need not have it set: the toy_cache fixture may have built into a temporary folder)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               BS_UNLEARN_CACHE=cache)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *argv]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -104,7 +107,7 @@ def two_ranks(toy_cache, tmp_path_factory):
     beliefs = bs.sample_beliefs(model0, tok, forget_ex, step_args(["--method", "bs_s"], 2 * B))
     beliefs[0] = beliefs[0][:1]  # the ranks then hold different numbers of beliefs (and of chunks of 5)
     torch.save(beliefs, out / "beliefs.pt")
-    run = torchrun(os.path.abspath(__file__), str(out))
+    run = torchrun(os.path.abspath(__file__), str(out), cache=toy_cache[0])
     if run.returncode:
         pytest.fail(f"torchrun failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     real_make_optimizer, bs.make_optimizer = bs.make_optimizer, sgd
@@ -163,7 +166,7 @@ def test_main_under_torchrun_fsdp(toy_cache, tmp_path):
     out = tmp_path / "run"
     run = torchrun("bs_unlearn.py", "--method", "bs_s", "--bss_base", "npo", "--bss_keep", "2",
                    "--retain_loss", "kl", "--fsdp", "--epochs", "1", "--cache_dir", toy_cache[0],
-                   "--out_dir", str(out))
+                   "--out_dir", str(out), cache=toy_cache[0])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     steps = [l for l in run.stdout.splitlines() if l.startswith("step")]
     assert len(steps) == 2 and steps[-1].startswith("step    2/2 ")  # 64 forget examples, 2 x 16 a step
