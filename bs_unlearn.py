@@ -52,33 +52,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-# not the method: one-line errors, row files, loading and saving models, writing folders whole (bs.quiet and
-# bs.load_tokenizer are for eval.py and the notebooks)
-from plumbing import (atomic_dir, fail, load_model, load_tokenizer, pick_device, quiet,  # noqa: F401
-                      read_rows, save_model)
+# not the method: one-line errors (also for bad flags: Parser, number), row files, loading and saving models,
+# writing folders whole (bs.quiet and bs.load_tokenizer are for eval.py and the notebooks)
+from plumbing import (Parser, atomic_dir, fail, load_model, load_tokenizer, number,  # noqa: F401
+                      pick_device, quiet, read_rows, save_model)
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few calls below, each a no-op in a plain run
 
 # -----------------------------------------------------------------------------------------------------
 # Config
 
 METHODS = ["ga", "npo", "bs_t", "bs_s", "finetune"]
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own complaints are one line too, without the usage block
-        fail(message)
-
-
-def number(kind, low, high=math.inf, above=False):
-    """An argparse type: a finite `kind` in [low, high], or (low, high] with above=True. NaN fails too."""
-    def parse(text):
-        x = kind(text)
-        if not (math.isfinite(x) and (x > low if above else x >= low) and x <= high):
-            bound = f"{'>' if above else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
-            raise argparse.ArgumentTypeError(f"must be {bound} (got {text})")
-        return x
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: ..."
-    return parse
 
 
 def get_args(argv=None):

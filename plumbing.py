@@ -1,11 +1,13 @@
 """
 plumbing.py: what every run needs that is not the method, kept out of bs_unlearn.py so that it reads as the
-paper: one-line errors, row files checked field by field, devices, loading and saving models (a HF id, a
+paper: one-line errors (bad flags too), row files checked field by field, devices, loading and saving models (a HF id, a
 folder or a .gguf file), and folders written whole or not at all.
 """
+import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -17,6 +19,23 @@ import torch
 def fail(msg):
     """Bad input ends the run with one line on stderr, and nothing already on disk is touched."""
     sys.exit(f"error: {msg}")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own complaints are one line too, without the usage block
+        fail(message)
+
+
+def number(kind, low, high=math.inf, above=False):
+    """An argparse type: a finite `kind` in [low, high], or (low, high] with above=True. NaN fails too."""
+    def parse(text):
+        x = kind(text)
+        if not (math.isfinite(x) and (x > low if above else x >= low) and x <= high):
+            bound = f"{'>' if above else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {text})")
+        return x
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: ..."
+    return parse
 
 
 def first_line(e):
