@@ -6,13 +6,15 @@ cpu  the embedded example: python's start-up; the toy build and a BS-S run on 1 
      (ms/step from its log); eval.py on one model; peak resident memory
 gpu  a Llama-3.2-1B-shaped model from its config (random bf16 weights) on TOFU-shaped batches: ms/step,
      tokens/s, MFU against the device's measured bf16 matmul rate, BS-S's generation and peak memory for
-     N = 1, 3, 5, 10, eval.py at TOFU's size. Needs CUDA; `--device cpu --gpu_config tiny` runs it anywhere
+     N = 1, 3, 5, 10, eval.py at TOFU's size; `--gpu_config 8b` for Llama-3.1-8B's shape,
+     `--train_flags "--lora_r 16"` for LoRA. Needs CUDA; `--device cpu --gpu_config tiny` runs it anywhere
 Figures are medians of --repeats after a warm-up (the thread rows: one run each). Take them on an idle
 machine; the thread rows say how many cores other processes used while they ran.
 
     python dev/bench.py                            # from the repository root; ~6 min on 2 CPU cores
     python dev/bench.py --skip_build --repeats 1   # a quick look, without the cold start
     python dev/bench.py --skip_cpu                 # on a CUDA machine: the 1B figures
+    python dev/bench.py --skip_cpu --gpu_config 8b --methods ga,bs_s --bss_ns 3 [--train_flags "--lora_r 16"]
 """
 import argparse
 import gc
@@ -22,6 +24,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,14 +37,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules live one folder up
 import bs_unlearn as bs  # noqa: E402
 import eval as ev  # noqa: E402
+import scaling  # noqa: E402
 import toy_world  # noqa: E402
 
 # -----------------------------------------------------------------------------------------------------
 # Config
 
-# Llama-3.2-1B's shape (from its config.json) and a scaled-down copy with the same structure (GQA, tied head)
+# Llama-3.2-1B's and Llama-3.1-8B's shapes (from their config.json; here with a tied head, so the 8B-shaped
+# model has 0.5B fewer parameters than the real one) and a scaled-down copy with the same structure (GQA)
 GPU_CONFIGS = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=128256),
     "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=2048),
@@ -82,6 +89,8 @@ def get_args(argv=None):
                    help="gpu: BS-S's mean ms has a generation round every R epochs (0: one per 10 epochs)")
     p.add_argument("--matmul_size", type=int, default=0,
                    help="gpu: n of the n x n matmuls that measure the peak (0: 8192 on CUDA, else 512)")
+    p.add_argument("--train_flags", default="",
+                   help='gpu: more bs_unlearn.py flags for every row, e.g. "--lora_r 16" (LoRA adapters)')
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
@@ -389,8 +398,10 @@ def bench_row(method, n_beliefs, shape, device, tok, forget_ex, retain_ex, args,
     are sampled on their own and handed to bs.train, so its step time and peak are training alone."""
     targs = bs.get_args(["--method", method, "--batch_size", str(args.batch_size), "--grad_accum",
                          str(args.grad_accum), "--lr", "1e-5", "--bss_n", str(n_beliefs or 3),
-                         "--seed", str(args.seed)])
+                         "--seed", str(args.seed), *shlex.split(args.train_flags)])
     model = build_llama(shape, tok, device, args.seed)
+    if targs.lora_r:  # as bs_unlearn.main does: only the adapters train
+        model = scaling.add_lora(model, targs.lora_r, targs.lora_alpha, targs.lora_targets)
     n_params = sum(p.numel() for p in model.parameters())
     seqs = args.batch_size * args.grad_accum  # forget examples per optimizer step
     tokens = seqs * (mean_len(forget_ex) + mean_len(retain_ex))  # a forget and a retain batch per micro-step

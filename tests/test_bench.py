@@ -69,6 +69,26 @@ def test_word_tokenizer_has_exactly_the_model_vocabulary():
     assert len({tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eos_token_id}) == 4
 
 
+def test_gpu_path_with_lora(tmp_path):
+    # --train_flags reaches every row: with --lora_r the rows time a model with adapters
+    out = tmp_path / "bench.json"
+    bench.main(["--skip_cpu", "--device", "cpu", "--gpu_config", "tiny", "--max_rows", "8", "--repeats", "1",
+                "--methods", "ga", "--batch_size", "4", "--grad_accum", "1", "--train_flags", "--lora_r 4",
+                "--out", str(out)])
+    row = json.loads(out.read_text())["gpu"]["methods"]["ga"]
+    assert row["n_params"] > tiny_param_count()  # the frozen model plus its adapters
+    assert row["ms_step"] > 0 and math.isfinite(row["mfu"])
+
+
+def test_8b_shape_is_llama_3_1_8b():
+    shape = bench.GPU_CONFIGS["8b"]
+    h, f, L, kv, v = (shape[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                         "num_key_value_heads", "vocab_size"))
+    per_layer = 2 * h * h + 2 * h * (h // shape["num_attention_heads"] * kv) + 3 * h * f + 2 * h  # attn, MLP, norms
+    total = L * per_layer + v * h + h  # tied embedding once, final norm
+    assert 7.4e9 < total + v * h < 8.1e9  # the real (untied) Llama-3.1-8B has 8.03B parameters
+
+
 def test_gpu_path_on_cpu_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--skip_cpu", "--device", "cpu", "--gpu_config", "tiny", "--max_rows", "8", "--repeats", "1",
