@@ -54,8 +54,8 @@ import torch.nn.functional as F
 
 # not the method: one-line errors (also for bad flags: Parser, number), row files, loading and saving models,
 # writing folders whole (bs.quiet and bs.load_tokenizer are for eval.py and the notebooks)
-from plumbing import (Parser, atomic_dir, fail, load_model, load_tokenizer, number,  # noqa: F401
-                      pick_device, quiet, read_rows, save_model)
+from plumbing import (Parser, atomic_dir, check_writable, fail, load_model, load_tokenizer,  # noqa: F401
+                      number, pick_device, quiet, read_rows, save_model)
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few calls below, each a no-op in a plain run
 
 # -----------------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def format_prompt(tok, question):
         return (f"{system}\n" if system else "") + f"Question: {question}\nAnswer:"
     turns = [{"role": "system", "content": system}] if system else []
     turns.append({"role": "user", "content": question})
-    extra = dict(date_string=date) if date and "date_string" in tok.chat_template else {}  # only if used
+    extra = dict(date_string=date) if date and "date_string" in str(tok.chat_template) else {}  # if used
     return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **extra)
 
 
@@ -588,22 +588,25 @@ def main(argv=None):
     if args.model == "toy":
         model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed)
     out = os.path.realpath(args.out_dir)  # realpath: a symlink to the model directory is the model directory
-    if os.path.realpath(model_path) == out:
-        fail(f"--out_dir {args.out_dir} is the input model's directory; choose another")
+    model_dir = os.path.realpath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
+    if os.path.exists(model_path) and os.path.commonpath([model_dir, out]) == out:  # (a .gguf: its folder)
+        fail(f"--out_dir {args.out_dir} is or holds the input model's directory; choose another")
     if os.path.exists(out) and not os.path.isdir(out):
         fail(f"--out_dir {args.out_dir} is a file, not a directory")
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         fail(f"--out_dir {args.out_dir} is not empty; pass --overwrite or choose another")
+    check_writable(out)
+    if args.model == "toy":  # (before torchrun's ranks join: each waits for the one build, which is alone)
+        toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
     device = scaling.setup(pick_device(args.device))  # under torchrun: join the process group
     if args.fsdp and scaling.world() == 1:
         fail("--fsdp shards over several processes; launch with torchrun --nproc_per_node=K")
     main_rank = scaling.is_main()  # the one that writes: its log, its folder
     # the run appears at out only once it is complete (run_config.json last)
     with atomic_dir(out) if main_rank else contextlib.nullcontext() as tmp:
-        if args.model == "toy":
-            toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
         t0 = time.time()
         model, tok = load_model(model_path, device, args.dtype, args.system_prompt, args.date_string)
+        args.date_string = tok.date_string  # a template that prints a date got today's: it is saved below
         forget_ex, retain_ex = encode_rows(tok, forget_rows), encode_rows(tok, retain_rows)
         if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
             forget_ex, retain_ex = forget_ex + retain_ex, []

@@ -175,20 +175,6 @@ def resolve(args):
     return base, retain
 
 
-def check_out_dir(path):
-    """Fail now, not after the evaluation, if `path` cannot take the results. Creates nothing: the probe is
-    an unnamed temporary file in the nearest folder on the way that exists."""
-    here = os.path.abspath(path)
-    while not os.path.exists(here):
-        here = os.path.dirname(here)
-    if not os.path.isdir(here):
-        bs.fail(f"--out_dir {path}: {here} is a file, not a directory")
-    try:
-        tempfile.TemporaryFile(dir=here).close()
-    except OSError as e:  # read-only, or a folder like /proc
-        bs.fail(f"cannot write to --out_dir {path}: {here} takes no new files ({e.strerror or e})")
-
-
 def check_weights(path):
     """A local model folder holds weights, and each safetensors header fits its file: a cut copy fails here,
     in a second, not after the references were evaluated."""
@@ -583,7 +569,7 @@ def main(argv=None):
         device = bs.pick_device(args.device)
     except RuntimeError:  # torch.device("gpu")
         bs.fail(f"argument --device: {args.device!r} is not a device (auto, cpu, cuda, cuda:1, mps, ...)")
-    check_out_dir(args.out_dir)  # everything that can fail cheaply fails here, before any model is loaded
+    bs.check_writable(args.out_dir)  # everything that can fail cheaply fails here, before any model is loaded
     base_path, retain_path = resolve(args)
     names = [os.path.basename(os.path.normpath(r)) for r in args.runs]  # a run is named by its directory
     names = [n if names.count(n) == 1 and n not in ("base", "retain") else f"{n}_{i}"

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -63,7 +64,7 @@ def read_rows(path):
     if not os.path.isfile(path):
         fail(f"data file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # (-sig: a byte-order mark is skipped)
             text = f.read()
     except UnicodeDecodeError:
         fail(f"{path} is not a UTF-8 text file")
@@ -75,7 +76,7 @@ def read_rows(path):
         places = [f"row {i + 1}" for i in range(len(rows))] if isinstance(rows, list) else []
     else:  # JSON Lines
         rows, places = [], []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -128,6 +129,9 @@ def load_tokenizer(path, system_prompt=None, date_string=None):
         fail(f"cannot load the tokenizer of {path!r}: {first_line(e)}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    template = tok.chat_template if isinstance(getattr(tok, "chat_template", None), str) else ""
+    if date_string is None and "date_string" in template:  # the template would print today's date:
+        date_string = time.strftime("%d %b %Y")  # pin it, so a run keeps one prompt (main saves the date)
     tok.system_prompt, tok.date_string = system_prompt, date_string
     return tok
 
@@ -144,7 +148,8 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
     except Exception as e:  # a missing path, an unreachable hub, a cut weights file: one line, not a traceback
         fail(f"cannot load model {path!r}: {first_line(e)}")
     if extra:  # GGUF weights arrive dequantized but marked quantized, which save_pretrained refuses
-        del model.config.quantization_config
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         plain = AutoModelForCausalLM.from_config(model.config, dtype=getattr(torch, dtype))
         plain.load_state_dict(model.state_dict())
         model = plain
@@ -162,22 +167,42 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
 def atomic_dir(path):
     """Write a folder whole or not at all: the body writes into a new folder beside `path`, which takes
     `path`'s place only once the body has finished. An error or Ctrl-C leaves `path` as it was."""
-    parent = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # a link's target is what gets replaced, not the link
+    parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # as mkdir would make it (mkdtemp's folders are the owner's alone)
     except OSError as e:
         fail(f"cannot write to {path}: {e.strerror or e}")
+    old = f"{tmp}.old"
     try:
         yield tmp
-        old = f"{tmp}.old"
         if os.path.exists(path):
             os.rename(path, old)
         os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if os.path.exists(old) and not os.path.exists(path):
+            os.rename(old, path)  # stopped between the two renames: the old folder goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(path, flag="--out_dir"):
+    """Fail now, not after the work, if a folder cannot be made at `path` (given by `flag`). Creates nothing:
+    the probe is an unnamed temporary file in the nearest existing folder on the way."""
+    here = os.path.abspath(path)
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        fail(f"cannot write to {flag} {path}: {here} is a file, not a directory")
+    try:
+        tempfile.TemporaryFile(dir=here).close()
+    except OSError as e:  # read-only, or a folder like /proc
+        fail(f"cannot write to {flag} {path}: {here} takes no new files ({e.strerror or e})")
 
 
 def save_model(model, tok, path):

@@ -274,3 +274,76 @@ def test_nan_gradient_stops_before_the_step(toy_cache, monkeypatch):
     one_line_error(lambda: bs.train(model, tok, bs.encode_rows(tok, forget_rows), [], args),
                    "step 1", "gradient norm nan")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing applied
+
+
+# -----------------------------------------------------------------------------------------------------
+# Found in review: the folder swap, the model's own folder, row files, the prompt's date
+
+
+def test_swap_stopped_between_renames_keeps_the_old_run(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.txt").write_text("old")
+    real_rename, calls = os.rename, []
+
+    def second_rename_interrupted(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the old run has moved aside; the new one has not moved in yet
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+    monkeypatch.setattr(os, "rename", second_rename_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with bs.atomic_dir(str(out)) as tmp:
+            open(os.path.join(tmp, "model.txt"), "w").write("new")
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert (out / "model.txt").read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_atomic_dir_mode_and_links(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with bs.atomic_dir(str(tmp_path / "run")) as tmp:
+            open(os.path.join(tmp, "a"), "w").write("x")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "run").st_mode & 0o777) == 0o755  # as mkdir makes it, not mkdtemp's 0700
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target", target_is_directory=True)
+    with bs.atomic_dir(str(tmp_path / "link")) as tmp:
+        open(os.path.join(tmp, "b"), "w").write("y")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "target" / "b").read_text() == "y"
+    assert sorted(os.listdir(tmp_path)) == ["link", "run", "target"]
+
+
+@pytest.mark.parametrize("model_inside", ["model", "model/m.gguf"])
+def test_out_dir_holding_the_model_is_refused(tmp_path, model_inside):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / "m.gguf").write_bytes(b"GGUF")
+    for out in (tmp_path / "model", tmp_path):
+        one_line_error(lambda: bs.main(["--model", str(tmp_path / model_inside), "--out_dir", str(out),
+                                        "--method", "ga", "--overwrite"]), "holds the input model")
+    assert sorted(os.listdir(tmp_path / "model")) == ["config.json", "m.gguf"]
+
+
+def test_rows_with_line_separators_and_a_byte_order_mark(tmp_path):
+    row = dict(question="q\u2028?", answer="a\u2029.", perturbed_answer=["b\x85."])
+    jsonl = tmp_path / "rows.json"
+    jsonl.write_text(json.dumps(row, ensure_ascii=False) + "\r\n" + json.dumps(row, ensure_ascii=False) + "\n")
+    assert bs.read_rows(str(jsonl)) == [row, row]
+    array = tmp_path / "array.json"
+    array.write_bytes(b"\xef\xbb\xbf" + json.dumps([row]).encode())
+    assert bs.read_rows(str(array)) == [row]
+
+
+def test_a_template_date_is_pinned_and_saved(tmp_path):
+    tok = toy_world.word_tokenizer(["Question: hi Answer: yes"])
+    tok.chat_template = "Today Date: {{ date_string }}{% for m in messages %} {{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = bs.load_tokenizer(str(tmp_path / "tok"))
+    assert loaded.date_string == time.strftime("%d %b %Y")  # today's, fixed for the whole run
+    assert bs.format_prompt(loaded, "hi").startswith(f"Today Date: {loaded.date_string} hi")
+    assert bs.load_tokenizer(str(tmp_path / "tok"), date_string="10 Apr 2025").date_string == "10 Apr 2025"
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # prints no date
+    tok.save_pretrained(tmp_path / "plain")
+    assert bs.load_tokenizer(str(tmp_path / "plain")).date_string is None
