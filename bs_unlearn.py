@@ -417,8 +417,9 @@ def sample_beliefs(model, tok, forget_examples, args, round=0, ref_model=None):
 def attach_ref_logps(ref_model, tok, examples, batch_size=64, split=False):
     """NPO's reference log-probs, computed once: the reference model is frozen and the data fixed. With
     split=True each of torchrun's ranks scores its share, and all get every example's."""
-    run = scaling.gather if split else (lambda fn, items: fn(items))
-    logps = run(lambda part: score(ref_model, tok, part, batch_size)["logp"].tolist(), examples)
+    def ref_logps(part):
+        return score(ref_model, tok, part, batch_size)["logp"].tolist()
+    logps = scaling.gather(ref_logps, examples) if split else ref_logps(examples)
     for e, lp in zip(examples, logps):
         e["ref_logp"] = lp
 
