@@ -36,3 +36,17 @@ def one_line_error(call, *words):
     for w in words:
         assert w in msg, (w, msg)
     return msg
+
+
+@pytest.fixture(scope="session")
+def smol_session(tmp_path_factory):
+    """(model, tok, folder): SmolLM2-135M-Instruct's GGUF file loaded as `--model x.gguf` loads it (fp32,
+    the TOFU system prompt), and saved once as a HF folder; shared by the real-model test files, since the
+    dequantization takes ~20 s. Tests must not change the model in place (they copy it, or load the folder)."""
+    import torch
+    import bs_unlearn as bs
+    from test_real_model import SYSTEM, smollm_gguf
+    model, tok = bs.load_model(smollm_gguf(), torch.device("cpu"), "float32", system_prompt=SYSTEM)
+    folder = str(tmp_path_factory.mktemp("smollm2") / "model")
+    bs.save_model(model, tok, folder)
+    return model.eval(), tok, folder

@@ -37,12 +37,10 @@ def smollm_gguf():
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory):
-    """(model, tok, folder): the GGUF file loaded as --model x.gguf loads it, saved once as a HF folder."""
-    model, tok = bs.load_model(smollm_gguf(), CPU, "float32", system_prompt=SYSTEM)
-    folder = str(tmp_path_factory.mktemp("smollm2") / "model")
-    bs.save_model(model, tok, folder)
-    return model.eval(), tok, folder
+def smol(smol_session):
+    """(model, tok, folder): the GGUF file loaded as --model x.gguf loads it, saved once as a HF folder
+    (conftest.py's smol_session, shared with tests/test_dev_real_model.py)."""
+    return smol_session
 
 
 # Short TOFU-style rows (fictitious authors), so a training step takes about a second.
