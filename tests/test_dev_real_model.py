@@ -1,6 +1,6 @@
 """Tests for dev/real_model.py (the README's real-model experiment): its top-k mass measure against a hand
 computation and against autograd on bs.bst_loss, its table, its TOFU slices on the real files, and one
-tiny end-to-end run on SmolLM2 with made-up TOFU-shaped files (about a minute on 2 CPU cores), resumed.
+tiny end-to-end run on SmolLM2 with made-up TOFU-shaped files (about 2.5 min on 2 CPU cores), resumed.
 
     python -m pytest -q tests/test_dev_real_model.py
 """
