@@ -108,8 +108,8 @@ def differences(old, new):
 def load_rows(args):
     forget = bs.load_tofu("forget01_perturbed", args.data_dir)[:args.forget_rows or None]
     retain = bs.load_tofu("retain_perturbed", args.data_dir)[:20 * args.retain_authors]
-    if len(forget) != (args.forget_rows or 40) or len(retain) != 20 * args.retain_authors:
-        want = args.forget_rows or 40
+    want = args.forget_rows or 40
+    if len(forget) != want or len(retain) != 20 * args.retain_authors:
         bs.fail(f"expected {want} forget01 rows and {20 * args.retain_authors} retain rows, "
                 f"got {len(forget)} and {len(retain)}")
     step = max(1, len(retain) // args.eval_rows)  # an even spread over the retain authors
@@ -184,15 +184,16 @@ def unlearn(full, tok, forget, retain, beliefs, method, args, extra=()):
     forget_ex, retain_ex = bs.encode_rows(tok, forget), bs.encode_rows(tok, retain)
     if bs.needs_ref_logps(targs):
         bs.attach_ref_logps(model, tok, forget_ex, 8)  # NPO's reference: the full model, frozen
-    per_epoch = math.ceil(len(forget_ex) / targs.batch_size)  # optimizer steps per epoch (grad_accum 1)
-    total = math.ceil(per_epoch * targs.epochs / targs.grad_accum)
+    micro = math.ceil(len(forget_ex) / targs.batch_size)  # micro-steps per epoch, as bs.train counts them
+    total = math.ceil(micro * targs.epochs / targs.grad_accum)  # optimizer steps
     probes, steps, probe_s = {}, [0], [0.0]
 
     def after_step(*_):
         steps[0] += 1
-        if steps[0] % per_epoch == 0 and steps[0] < total:
+        epoch = steps[0] * targs.grad_accum // micro  # whole epochs done after this optimizer step
+        if epoch > (steps[0] - 1) * targs.grad_accum // micro and steps[0] < total:
             t = time.time()
-            probes[steps[0] / per_epoch] = band_probe(model, tok, forget, beliefs)
+            probes[float(epoch)] = band_probe(model, tok, forget, beliefs)
             probe_s[0] += time.time() - t
             model.train()
 
