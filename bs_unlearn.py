@@ -7,9 +7,9 @@ but the mass they remove is *squeezed* into the model's own high-likelihood reph
 so the fact survives in other words. Bootstrapping (BS) also pushes down the model's beliefs:
 BS-T at token level (its own top-k next tokens as soft targets), BS-S at sequence level (its own sampled
 answers). Read top to bottom: config -> data -> log-probs -> objectives -> belief sampling -> training
-loop -> main. Two files hold what is not the method: toy_world.py, the embedded example (fictitious
-authors and a tiny model that memorises them, built offline), plumbing.py (errors, files, models) and
-scaling.py (many processes through torchrun, LoRA adapters through peft).
+loop -> main. Three files hold what is not the method: toy_world.py, the embedded example (fictitious
+authors and a tiny model that memorises them, built offline); plumbing.py (errors, files, models, run
+folders); scaling.py (many processes through torchrun, LoRA adapters through peft).
 
 Run (fully offline; the first run builds and caches a tiny model on generated data, ~1 min on 2 CPU cores):
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, finetune
@@ -27,7 +27,7 @@ Deviations from the paper and its public code:
 2. BS-S's base loss defaults to BS-T (the paper's best); beliefs are sampled once from the starting model
    (off-policy) by default, because resampling from a model that is being unlearned feeds it its own
    degenerate text (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
-3. Belief terms run in micro-batches with one backward each, so memory does not grow with N.
+3. Belief terms run in chunks with one backward each, so memory does not grow with N.
 4. Every loss is a per-sequence *sum* over answer tokens, averaged over sequences (the equations are
    written on sequence log-probs). HF's `.loss` is a token mean; with AdamW the overall scale barely
    matters, but the forget/retain balance is in sequence units here.
@@ -38,11 +38,10 @@ Deviations from the paper and its public code:
    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
 8. On K ranks a global batch that K does not divide is padded with repeats (as DistributedSampler does), and
    each rank samples beliefs for its own share of the forget set, so they differ from a 1-process run's.
+9. A run whose retain term rises by more than a uniform guess over the vocabulary costs (ln V nats per answer
+   token) has diverged: it stops instead of saving a broken model; `--allow_divergence` trains on.
 """
-import argparse
-import contextlib
 import copy
-import functools
 import json
 import math
 import os
@@ -53,10 +52,12 @@ import torch
 import torch.nn.functional as F
 
 # not the method: one-line errors (also for bad flags: Parser, number), row files, loading and saving models,
-# writing folders whole (bs.quiet and bs.load_tokenizer are for eval.py and the notebooks)
-from plumbing import (Parser, atomic_dir, check_writable, fail, load_model, load_tokenizer,  # noqa: F401
-                      number, pick_device, quiet, read_rows, save_model)
-import scaling  # torchrun's ranks and FSDP2, LoRA: a few calls below, each a no-op in a plain run
+# run folders written whole (bs.quiet and bs.load_tokenizer are for eval.py and the notebooks)
+from plumbing import (Parser, StepLog, atomic_dir, check_lengths, check_out_dir, check_writable,  # noqa: F401
+                      fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows, run_dir, run_main,
+                      save_model, save_run, say)
+import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each a no-op in a plain run
+import toy_world  # the embedded example: toy authors and a tiny model, built offline
 
 # -----------------------------------------------------------------------------------------------------
 # Config
@@ -65,8 +66,8 @@ METHODS = ["ga", "npo", "bs_t", "bs_s", "finetune"]
 
 
 def get_args(argv=None):
-    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    count, positive, share = number(int, 1), number(float, 0, above=True), number(float, 0, 1)
+    p = Parser(description=__doc__.split("\n\n")[0])
+    count, positive, fraction = number(int, 1), number(float, 0, above=True), number(float, 0, 1)
     # what to unlearn, from which model
     p.add_argument("--method", default="bs_s", choices=METHODS, help="finetune: plain NLL on all the data")
     p.add_argument("--model", default="toy",
@@ -81,26 +82,32 @@ def get_args(argv=None):
     # Llama-3 templates (which otherwise write today's date into every prompt), the date "10 Apr 2025"
     p.add_argument("--system_prompt", default=None, help="a system turn before each question (default: none)")
     p.add_argument("--date_string", default=None, help="the date for chat templates that print one")
-    p.add_argument("--out_dir", default=None, help="where to save the model (default runs/<method>)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir at the end")
+    p.add_argument("--out_dir", default=None, help="where to save the model (default: runs/<method>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the finished run in --out_dir once the new one is complete\n"
+                        "(a folder holding anything else is never replaced)")
     # optimisation (defaults: the embedded toy example on a CPU; see the docstring for TOFU)
-    p.add_argument("--epochs", type=positive, default=10)
+    p.add_argument("--epochs", type=positive, default=10, help="passes over the forget set (may be fractional)")
     p.add_argument("--batch_size", type=count, default=16, help="forget examples per micro-step (per rank)")
     p.add_argument("--grad_accum", type=count, default=1, help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=positive, default=3e-4)  # toy: 1e-4 forgets nothing, 5e-4 wrecks retain
+    p.add_argument("--lr", type=positive, default=3e-4,  # toy: 1e-4 forgets nothing, 5e-4 wrecks retain
+                   help="peak learning rate of AdamW")
     p.add_argument("--warmup_epochs", type=number(float, 0), default=1.0, help="linear warmup, then decay")
-    p.add_argument("--weight_decay", type=number(float, 0), default=0.01)
-    p.add_argument("--max_grad_norm", type=positive, default=1.0)
+    p.add_argument("--weight_decay", type=number(float, 0), default=0.01, help="AdamW's, on matrices only")
+    p.add_argument("--max_grad_norm", type=positive, default=1.0, help="clip the gradient norm to this")
+    p.add_argument("--allow_divergence", action="store_true",
+                   help="train on when the retain term rises by more than a uniform guess over the vocabulary\n"
+                        "costs (ln V nats per answer token); by default the run stops there, saving nothing")
     # loss weights and the retain term
     p.add_argument("--gamma", type=number(float, 0), default=1.0, help="weight of the forget term")
     p.add_argument("--alpha", type=number(float, 0), default=1.0, help="weight of the retain term (0: none)")
     p.add_argument("--retain_loss", default="nll", choices=["nll", "kl"], help="NLL or KL(pi_o || pi_theta)")
     # objectives
-    p.add_argument("--npo_beta", type=positive, default=0.1)
-    p.add_argument("--bst_topk", type=count, default=20)
-    p.add_argument("--bst_lambda", type=share, default=0.2, help="weight of the model's top-k beliefs")
+    p.add_argument("--npo_beta", type=positive, default=0.1, help="NPO's inverse temperature beta")
+    p.add_argument("--bst_topk", type=count, default=20, help="BS-T: the model's k most likely next tokens")
+    p.add_argument("--bst_lambda", type=fraction, default=0.2, help="weight of the model's top-k beliefs")
     p.add_argument("--bst_temp", type=positive, default=1.0, help="temperature of the top-k beliefs")
-    p.add_argument("--bss_lambda", type=share, default=0.5, help="weight of the sampled-belief term")
+    p.add_argument("--bss_lambda", type=fraction, default=0.5, help="weight of the sampled-belief term")
     p.add_argument("--bss_base", default="bs_t", choices=["ga", "npo", "bs_t"], help="BS-S's base loss")
     p.add_argument("--bss_n", type=count, default=3, help="beliefs sampled per forget prompt")
     p.add_argument("--bss_keep", type=number(int, 0), default=0, help="keep the K most confident (0: all)")
@@ -109,20 +116,15 @@ def get_args(argv=None):
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
     p.add_argument("--micro_batch", type=count, default=32, help="sequences per belief forward/backward")
     # system
-    p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--bf16_rounding", default="stochastic", choices=["stochastic", "nearest"],
                    help="how AdamW stores new bf16 weights: stochastic (BF16AdamW) or nearest (torch's\n"
                         "AdamW, as bf16 trainers do; it drops updates under half a bf16 step)")
-    p.add_argument("--gen_batch_size", type=count, default=64)
-    # bigger models: run under torchrun for data parallel; LoRA trains adapters on a frozen model
-    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, grads, AdamW (FSDP2)")
-    p.add_argument("--lora_r", type=number(int, 0), default=0, help="LoRA rank (0: train all weights)")
-    p.add_argument("--lora_alpha", type=positive, default=None, help="LoRA scale alpha / r (default 2 r)")
-    p.add_argument("--lora_targets", default=scaling.LORA_TARGETS, help="comma-separated module names")
-    p.add_argument("--save_adapter", action="store_true", help="also save the adapters, in <out_dir>/adapter")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gen_batch_size", type=count, default=64, help="prompts per generate() and scoring batch")
+    scaling.add_args(p)  # bigger models: --fsdp under torchrun, --lora_r and friends
+    p.add_argument("--seed", type=int, default=0, help="batch order, sampled beliefs (and the toy model)")
     p.add_argument("--sample_every", type=number(int, 0), default=0,
                    help="print greedy answers every N steps (0: once an epoch)")
     p.add_argument("--cache_dir", help="the toy models' home ($BS_UNLEARN_CACHE, else ~/.cache/bs_unlearn)",
@@ -130,11 +132,7 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.bss_keep > args.bss_n:
         fail(f"--bss_keep {args.bss_keep} is more than --bss_n {args.bss_n}")
-    if args.fsdp and args.lora_r:
-        fail("--fsdp with --lora_r is not supported; LoRA's adapters and their AdamW state are small anyway")
-    if args.save_adapter and not args.lora_r:
-        fail("--save_adapter needs --lora_r")
-    args.lora_alpha = args.lora_alpha or 2 * args.lora_r
+    scaling.check_args(args)
     if args.forget_pct is not None:
         args.forget_split = f"forget{args.forget_pct:02d}"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
@@ -162,7 +160,6 @@ def load_tofu(split, data_dir=None):
 def load_data(args):
     """(forget_rows, retain_rows) for training."""
     if args.data == "toy":  # the embedded example (toy_world.py)
-        import toy_world
         forget, retain = toy_world.split_toy(toy_world.make_toy_data(), args.forget_split)
     else:
         pct = int(args.forget_split[-2:])
@@ -170,6 +167,9 @@ def load_data(args):
         retain = load_tofu(f"retain{100 - pct}", args.data_dir)
     if not forget:
         fail(f"the forget split {args.forget_split!r} is empty")
+    if not retain and args.alpha > 0 and args.method != "finetune":
+        fail(f"the retain split of {args.forget_split!r} is empty, so there is no retain term; "
+             "pass --alpha 0 to unlearn without one")
     return forget, retain
 
 
@@ -225,6 +225,12 @@ def collate(examples, pad_id, side="right"):
     return batch
 
 
+def make_batch(tok, examples, model):
+    """Examples collated (right-padded) onto the model's device."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in collate(examples, tok.pad_token_id).items()}
+
+
 # -----------------------------------------------------------------------------------------------------
 # Log-probs: the one place that shifts and masks
 
@@ -260,13 +266,11 @@ def score(model, tok, examples, batch_size=64):
     """Per example: summed answer log-prob, answer length, tokens the greedy (argmax) prediction gets right,
     and the length of the all-correct answer suffix (for extraction strength). One forward per batch."""
     out = {k: [] for k in ("logp", "n_tokens", "n_correct", "n_suffix")}
-    was_training, starts = model.training, list(range(0, len(examples), batch_size))
-    n = len(starts)
-    if scaling.is_sharded(model):  # FSDP: as many forwards as the busiest rank (each is a collective)
-        starts += [0] * (max(scaling.counts(n)) - n)
+    was_training = model.training
     model.eval()
-    for i in starts:
-        batch = collate(examples[i:i + batch_size], tok.pad_token_id)
+    chunks = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+    for chunk in scaling.lockstep(chunks, model):  # (FSDP: as many forwards as the busiest rank)
+        batch = collate(chunk, tok.pad_token_id)
         logits = forward(model, batch)
         labels = batch["labels"][:, 1:].to(logits.device)
         mask = labels != -100
@@ -277,8 +281,7 @@ def score(model, tok, examples, batch_size=64):
         out["n_correct"].append((hit & mask).sum(-1))
         out["n_suffix"].append((tail & mask).sum(-1))
     model.train(was_training)
-    scaling.reshard(model)
-    return {k: torch.cat(v[:n]).cpu() for k, v in out.items()}  # (the extra forwards' results dropped)
+    return {k: torch.cat(v).cpu()[:len(examples)] for k, v in out.items()}
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -336,15 +339,17 @@ def kl_retain_loss(logits, ref_logits, labels):
 
 
 def forget_loss(logits, batch, method, args):
-    """The forget term of `method` on one batch (BS-S applies its base method to targets and beliefs)."""
+    """The forget term of `method` on one batch: Eq. 1 (GA), 3 (NPO) or 6 (BS-T); BS-S (Eq. 7) applies its
+    base method to targets and beliefs alike (see train)."""
     if method == "finetune":
         return nll_loss(logits, batch["labels"])
+    if method == "ga":
+        return ga_loss(sequence_logps(logits, batch["labels"]))
+    if method == "npo":
+        return npo_loss(sequence_logps(logits, batch["labels"]), batch["ref_logps"], args.npo_beta)
     if method == "bs_t":
         return bst_loss(logits, batch["labels"], args.bst_topk, args.bst_lambda, args.bst_temp)
-    policy_logps = sequence_logps(logits, batch["labels"])  # (B,)
-    if method == "npo":
-        return npo_loss(policy_logps, batch["ref_logps"], args.npo_beta)
-    return ga_loss(policy_logps)
+    raise ValueError(f"no forget loss for method {method!r} (BS-S's is Eq. 7 on its base method's)")
 
 
 def retain_loss(logits, batch, args, ref_model=None):
@@ -377,7 +382,6 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
     was_training, device = model.training, next(model.parameters()).device
-    synced = dict(synced_gpus=True) if scaling.is_sharded(model) else {}  # FSDP: step until every rank ends
     model.eval()
     outs = []
     for i in range(0, len(prompts), batch_size):
@@ -385,42 +389,52 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
         batch = collate(chunk, tok.pad_token_id, side="left")  # left: all prompts end where generation starts
         with autocast(model):
             seqs = model.generate(input_ids=batch["input_ids"].to(device), generation_config=cfg,
-                                  attention_mask=batch["attention_mask"].to(device), **synced)
+                                  attention_mask=batch["attention_mask"].to(device))
         for s in seqs[:, batch["input_ids"].shape[1]:].tolist():
             outs.append(s[:s.index(tok.eos_token_id) + 1] if tok.eos_token_id in s else s)
     model.train(was_training)
-    scaling.reshard(model)
     return [outs[j * n:(j + 1) * n] for j in range(len(prompts))]
 
 
-def sample_beliefs(model, tok, forget_examples, args, round=0, ref_model=None):
+def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
     """N sampled answers per forget example, kept per example: beliefs[i] is a list of encoded examples.
-    Seeded per (seed, round, rank). With --bss_keep K, keep the K with the highest mean token log-prob."""
-    torch.manual_seed(args.seed * 1000 + round + 1_000_003 * scaling.rank())
+    Seeded per (seed, round of sampling, rank). With --bss_keep K, keep the K with the highest mean token
+    log-prob."""
+    torch.manual_seed(args.seed * 1000 + sampling_round + 1_000_003 * scaling.rank())  # (rank: 0 in one process)
     max_new = args.bss_max_new_tokens or max(len(e["input_ids"]) - e["prompt_len"] for e in forget_examples)
     prompts = [e["input_ids"][:e["prompt_len"]] for e in forget_examples]
     samples = generate(model, tok, prompts, max_new, n=args.bss_n, do_sample=True,
                        temperature=args.bss_temp, batch_size=args.gen_batch_size)
     beliefs = [[dict(input_ids=p + s, labels=[-100] * len(p) + s, prompt_len=len(p)) for s in ss if s]
                for p, ss in zip(prompts, samples)]
-    flat = [b for bs in beliefs for b in bs]
+    flat = flatten(beliefs)
     if args.bss_keep and args.bss_keep < args.bss_n:
         s = score(model, tok, flat, args.gen_batch_size)
         for b, lp, n in zip(flat, s["logp"].tolist(), s["n_tokens"].tolist()):
             b["confidence"] = lp / max(n, 1)
         beliefs = [sorted(bs, key=lambda b: -b["confidence"])[:args.bss_keep] for bs in beliefs]
-    if needs_ref_logps(args):
-        attach_ref_logps(ref_model or model, tok, [b for bs in beliefs for b in bs], args.gen_batch_size)
     return beliefs
 
 
-def attach_ref_logps(ref_model, tok, examples, batch_size=64, split=False):
-    """NPO's reference log-probs, computed once: the reference model is frozen and the data fixed. With
-    split=True each of torchrun's ranks scores its share, and all get every example's."""
+def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0, ref_model=None):
+    """sample_beliefs for every forget example (on torchrun's K ranks each samples its share, and all get
+    all), with NPO's reference log-probs when the base loss needs them (from ref_model, else the model)."""
+    beliefs = scaling.gather(lambda part: sample_beliefs(model, tok, part, args, sampling_round), forget_examples)
+    if needs_ref_logps(args):
+        attach_ref_logps(ref_model or model, tok, flatten(beliefs), args.gen_batch_size)
+    return beliefs
+
+
+def flatten(beliefs):
+    return [b for bs in beliefs for b in bs]
+
+
+def attach_ref_logps(ref_model, tok, examples, batch_size=64):
+    """NPO's reference log-probs, computed once: the reference model is frozen and the data fixed. (On
+    torchrun's ranks each scores its share, and all get every example's.)"""
     def ref_logps(part):
         return score(ref_model, tok, part, batch_size)["logp"].tolist()
-    logps = scaling.gather(ref_logps, examples) if split else ref_logps(examples)
-    for e, lp in zip(examples, logps):
+    for e, lp in zip(examples, scaling.gather(ref_logps, examples)):
         e["ref_logp"] = lp
 
 
@@ -455,66 +469,37 @@ def make_optimizer(model, args):
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=fused)
 
 
-def forward_backward(model, tok, examples, loss_fn, weight):
-    """One micro-batch: forward, loss, and backward of weight * loss at once (its activations are freed).
-    Returns the unweighted loss, detached; it stays on the device, so nothing waits for it."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in collate(examples, tok.pad_token_id).items()}
-    loss = loss_fn(forward(model, batch), batch)
-    (weight * loss).backward()
-    return loss.detach()
-
-
-def forget_step(model, tok, targets, beliefs, args, weight):
-    """The forget term on a batch of targets, backpropagated with `weight`; returns its value."""
-    base = args.bss_base if args.method == "bs_s" else args.method
-    loss_fn = functools.partial(forget_loss, method=base, args=args)
-    if args.method != "bs_s":
-        return forward_backward(model, tok, targets, loss_fn, weight)
-    # Eq. 7, (1 - lam) L(targets) + lam * mean_j L(belief_j), one micro-batch at a time so memory stays flat
-    # in N: the beliefs go in chunks of --micro_batch sequences, chunk c weighted by its share len(c) / n.
-    lam = args.bss_lambda
-    beliefs = sorted(beliefs, key=lambda b: len(b["input_ids"]))  # similar lengths in a chunk: less padding
-    if not beliefs:  # every sample of this batch was empty (EOS first): the targets stand in for them
-        beliefs = targets
-    # On K ranks the mean is over all K ranks' beliefs (n in all): chunk c weighs K * len(c) / n, as the
-    # gradients are averaged over the ranks. Under FSDP each rank runs as many chunks as the busiest one.
-    chunks = [beliefs[i:i + args.micro_batch] for i in range(0, len(beliefs), args.micro_batch)]
-    sizes = scaling.counts(len(beliefs))  # [len(beliefs)] in one process
-    K, n = len(sizes), sum(sizes)
-    target_loss = forward_backward(model, tok, targets, loss_fn, weight * (1 - lam))
-    belief_loss = sum(forward_backward(model, tok, c, loss_fn, weight * lam * len(c) * K / n)
-                      * len(c) * K / n for c in chunks)
-    if scaling.is_sharded(model):  # weightless extra chunks keep FSDP's collectives in step across ranks
-        for _ in range(max(math.ceil(s / args.micro_batch) for s in sizes) - len(chunks)):
-            forward_backward(model, tok, chunks[0], loss_fn, 0.0)
-    return bss_loss(target_loss, belief_loss, lam)
+def uniform_guess_loss(tok, examples):
+    """The retain term of a model that spreads its mass evenly over the vocabulary: ln V nats per answer
+    token, summed over a mean answer. A run whose retain term rises by more than this has diverged: it now
+    does worse on the retain answers than knowing nothing would, beyond where it started."""
+    n_tokens = sum(len(e["input_ids"]) - e["prompt_len"] for e in examples) / max(1, len(examples))
+    return math.log(len(tok)) * n_tokens
 
 
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False,
           beliefs=None):
-    """Minimise gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
+    """Minimise L = gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
     pairs a forget batch with a retain batch. BS-S only: `beliefs`, as sample_beliefs returns them for
     forget_ex, replaces the first round of sampling (later rounds, with --bss_regen, are sampled here).
     One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
     Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
-    from tqdm.auto import tqdm
     torch.manual_seed(args.seed)
-    K, main_rank = scaling.world(), scaling.is_main()
-    micro_per_epoch = math.ceil(len(forget_ex) / (args.batch_size * K))
+    global_batch = args.batch_size * scaling.world()  # torchrun: K ranks share every batch (K = 1 here)
+    micro_per_epoch = math.ceil(len(forget_ex) / global_batch)
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak
-    opt = make_optimizer(model, args)
-    forget_batches = batches(len(forget_ex), args.batch_size * K, random.Random(args.seed))
+    base = args.bss_base if args.method == "bs_s" else args.method  # BS-S applies its base loss (Eq. 7)
+    if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step, scored once
+        attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
+    beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    retain_batches = batches(len(retain_ex), args.batch_size * K, random.Random(args.seed + 1))
-    retain_fn = functools.partial(retain_loss, args=args, ref_model=ref_model)
-    belief_round = 0  # which round of beliefs `beliefs` holds (None: none yet)
-    if args.method == "bs_s" and beliefs is None:
-        belief_round = None
+    retain_limit = uniform_guess_loss(tok, retain_ex) if use_retain and not args.allow_divergence else math.inf
+    opt = make_optimizer(model, args)
+    forget_batches = scaling.shares(batches(len(forget_ex), global_batch, random.Random(args.seed)))
+    retain_batches = scaling.shares(batches(len(retain_ex), global_batch, random.Random(args.seed + 1)))
     sample_every = args.sample_every or max(1, micro_per_epoch // args.grad_accum)
-    log = open(log_path, "a") if log_path else None
-    bar = tqdm(total=total, disable=not (progress and main_rank), desc=args.method, leave=False)
+    log = StepLog(log_path, total, bar=progress, desc=args.method)
     model.train()
     for step in range(total):
         t0 = time.time()
@@ -523,55 +508,77 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             group["lr"] = lr
         forget = retain = 0.0
         for micro in range(args.grad_accum):
-            idx = scaling.share(next(forget_batches))  # this rank's share of the global batch
-            if args.method == "bs_s":  # resample beliefs every --bss_regen epochs (0: sampled once)
-                epoch = (step * args.grad_accum + micro) / micro_per_epoch
-                r = int(epoch // args.bss_regen) if args.bss_regen else 0
-                if r != belief_round:  # (each rank samples for its share of forget_ex, and all get all)
-                    sample = functools.partial(sample_beliefs, model, tok, args=args, round=r,
-                                               ref_model=ref_model)
-                    beliefs, belief_round = scaling.gather(sample, forget_ex), r
-            mine = [b for i in idx for b in beliefs[i]] if args.method == "bs_s" else None
-            w = 1 / args.grad_accum
-            forget += forget_step(model, tok, [forget_ex[i] for i in idx], mine, args, args.gamma * w) * w
+            idx = next(forget_batches)
+            target_ex = [forget_ex[i] for i in idx]
+            if args.method == "bs_s":  # beliefs: sampled once, or again every --bss_regen epochs
+                r = sampling_round(args, step, micro, micro_per_epoch)
+                if r != beliefs_round:
+                    beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
+            targets = make_batch(tok, target_ex, model)
+            L_forget = forget_loss(forward(model, targets), targets, base, args)
+            if args.method == "bs_s":
+                # Eq. 7: L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j). The mean runs over this
+                # batch's beliefs in chunks of --micro_batch, each chunk's share of the objective backpropagated
+                # at once so that memory stays flat in N; chunk c weighs w_c = |c| / n, and the w_c sum to 1.
+                lam, L_beliefs = args.bss_lambda, 0.0
+                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (no beliefs: the targets stand in)
+                mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths in a chunk: less padding
+                for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # (K ranks: see there)
+                    chunk = make_batch(tok, chunk, model)
+                    L_chunk = forget_loss(forward(model, chunk), chunk, base, args)
+                    (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
+                    L_beliefs += w * L_chunk.detach()
+                L_forget = bss_loss(L_forget, L_beliefs, lam)  # Eq. 7; its belief term is already in .grad
+            L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
-                retain_batch = [retain_ex[i] for i in scaling.share(next(retain_batches))]
-                retain += forward_backward(model, tok, retain_batch, retain_fn, args.alpha * w) * w
-        scaling.sync_grads(model)  # K ranks: average the gradients (FSDP did it in backward)
-        gnorm = scaling.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm))
-        forget, retain, gnorm = scaling.average(forget, retain, gnorm)  # one sync per step; K ranks: the mean
-        if not all(map(math.isfinite, (forget, retain, gnorm))):  # caught before the step is applied
-            fail(f"at step {step + 1} the forget loss is {forget}, the retain loss {retain} and the gradient "
-                 f"norm {gnorm}; lower --lr or check the data")
+                retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
+                L_retain = retain_loss(forward(model, retain_batch), retain_batch, args, ref_model)
+            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
+            (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
+            forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
+            retain += L_retain.detach() / args.grad_accum
+        gnorm = scaling.sync_and_clip(model, args.max_grad_norm)  # (K ranks: gradients averaged first)
+        forget, retain, gnorm = scaling.average(forget, retain, gnorm)  # floats (K ranks: their mean)
+        if step == 0:  # diverged: the retain term has risen by more than a uniform guess costs
+            retain_limit += retain
+        check_step(step + 1, forget, retain, gnorm, retain_limit)  # caught before the step is applied
         opt.step()
         opt.zero_grad(set_to_none=True)
         if next(model.parameters()).device.type == "cuda":
             torch.cuda.synchronize()  # so ms counts the whole step
         rec = dict(step=step + 1, epoch=round((step + 1) * args.grad_accum / micro_per_epoch, 3),
                    forget=forget, retain=retain, lr=lr, grad_norm=gnorm, ms=1000 * (time.time() - t0))
-        if log:
-            log.write(json.dumps(rec) + "\n")
-        bar.update(1)
-        if not progress:
-            if main_rank:
-                print(f"step {rec['step']:4d}/{total} | forget {forget:9.4f} | retain {retain:8.4f} "
-                      f"| lr {lr:.2e} | gnorm {gnorm:7.2f} | {rec['ms']:6.1f} ms")
-            if rec["step"] % sample_every == 0 or rec["step"] == total:
-                show_answers(model, tok, forget_ex[0], retain_ex[0] if retain_ex else None)
-    bar.close()
-    if log:
-        log.close()
+        log.write(rec, f"step {rec['step']:4d}/{total} | forget {forget:9.4f} | retain {retain:8.4f} "
+                       f"| lr {lr:.2e} | gnorm {gnorm:7.2f} | {rec['ms']:6.1f} ms")
+        if not progress and (rec["step"] % sample_every == 0 or rec["step"] == total):
+            show_answers(model, tok, forget_ex[0], retain_ex[0] if retain_ex else None)
+    log.close()
     return model
+
+
+def sampling_round(args, step, micro, micro_per_epoch):
+    """BS-S: which round of beliefs a micro-step trains on: 0 always (sampled once, off-policy), or with
+    --bss_regen R one more round every R epochs (resampled from the model being unlearned)."""
+    epoch = (step * args.grad_accum + micro) / micro_per_epoch
+    return int(epoch // args.bss_regen) if args.bss_regen else 0
+
+
+def check_step(step, forget, retain, gnorm, retain_limit):
+    """Stop on a non-finite loss or gradient, or a retain term past `retain_limit` (a diverged run)."""
+    if not all(map(math.isfinite, (forget, retain, gnorm))):
+        fail(f"at step {step} the forget loss is {forget}, the retain loss {retain} and the gradient "
+             f"norm {gnorm}; lower --lr or check the data")
+    if retain > retain_limit:
+        fail(f"at step {step} the run diverged: the retain term is {retain:.4g}, past {retain_limit:.4g} (its start "
+             "plus a uniform guess over the vocabulary); lower --lr, or pass --allow_divergence; nothing saved")
 
 
 def show_answers(model, tok, *examples):
     """Print the greedy answer to one forget and one retain question: the quickest look at what happened."""
     for tag, e in zip(("forget", "retain"), examples):
         if e is not None:
-            out = generate(model, tok, [e["input_ids"][:e["prompt_len"]]], 48)[0][0]  # (all ranks: FSDP)
-            if scaling.is_main():
-                answer = tok.decode(out, skip_special_tokens=True).strip()
-                print(f"    {tag}: {e['question']!r} -> {answer!r}")
+            out = generate(model, tok, [e["input_ids"][:e["prompt_len"]]], 48)[0][0]  # (every rank: FSDP)
+            say(f"    {tag}: {e['question']!r} -> {tok.decode(out, skip_special_tokens=True).strip()!r}")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -580,67 +587,43 @@ def show_answers(model, tok, *examples):
 
 def main(argv=None):
     args = get_args(argv)
+    # everything that can fail cheaply fails before any work, and nothing is written until then
     if args.model == "toy" and args.data != "toy":
         fail("--model toy only knows the toy data; pass --model for --data tofu")
-    # everything that can fail cheaply fails before any work, and nothing is written until then
     forget_rows, retain_rows = load_data(args)
-    import toy_world  # the embedded example's model, built and cached offline
-    model_path = args.model
-    if args.model == "toy":
-        model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed)
-    out = os.path.realpath(args.out_dir)  # realpath: a symlink to the model directory is the model directory
-    model_dir = os.path.realpath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
-    if os.path.exists(model_path) and os.path.commonpath([model_dir, out]) == out:  # (a .gguf: its folder)
-        fail(f"--out_dir {args.out_dir} is or holds the input model's directory; choose another")
-    if os.path.exists(out) and not os.path.isdir(out):
-        fail(f"--out_dir {args.out_dir} is a file, not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        fail(f"--out_dir {args.out_dir} is not empty; pass --overwrite or choose another")
-    check_writable(out)
-    if args.model == "toy":  # (before torchrun's ranks join: each waits for the one build, which is alone)
+    model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed) if args.model == "toy" else args.model
+    check_out_dir(args.out_dir, args.overwrite, model_path)
+    if args.model == "toy":  # built once and cached (before torchrun's ranks join: all wait for one build)
         toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
-    device = scaling.setup(pick_device(args.device))  # under torchrun: join the process group
-    if args.fsdp and scaling.world() == 1:
-        fail("--fsdp shards over several processes; launch with torchrun --nproc_per_node=K")
-    main_rank = scaling.is_main()  # the one that writes: its log, its folder
-    # the run appears at out only once it is complete (run_config.json last)
-    with atomic_dir(out) if main_rank else contextlib.nullcontext() as tmp:
-        t0 = time.time()
+    device = scaling.setup(pick_device(args.device), args.fsdp)  # (torchrun: join the process group)
+    t0 = time.time()
+    with run_dir(args.out_dir, args.overwrite) as out:  # the run appears at --out_dir only once it is complete
         model, tok = load_model(model_path, device, args.dtype, args.system_prompt, args.date_string)
         args.date_string = tok.date_string  # a template that prints a date got today's: it is saved below
         forget_ex, retain_ex = encode_rows(tok, forget_rows), encode_rows(tok, retain_rows)
+        check_lengths(model, forget=forget_ex, retain=retain_ex)
         if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
             forget_ex, retain_ex = forget_ex + retain_ex, []
-        # the frozen reference stays in memory only if something needs it after the start
+        # the frozen starting model pi_o stays in memory only if training needs it after its first step: for
+        # the KL retain term, or for NPO's log-probs of beliefs resampled later (see attach_ref_logps)
         kl_retain = args.alpha > 0 and args.retain_loss == "kl"
-        keep_ref = kl_retain or (needs_ref_logps(args) and args.bss_regen > 0)  # (on-policy NPO beliefs)
-        ref_model = None
-        if keep_ref and not args.lora_r:
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        if args.lora_r:  # only adapters train, so the starting model is this one with them off: no copy
-            model = scaling.add_lora(model, args.lora_r, args.lora_alpha, args.lora_targets)
-            ref_model = scaling.AdaptersOff(model) if keep_ref else None
-        if args.fsdp:
+        keep_ref = kl_retain or (needs_ref_logps(args) and args.bss_regen > 0)
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref and not args.lora_r else None
+        if args.lora_r:  # LoRA: only the adapters train, and pi_o is this model with them off (no copy)
+            model, ref_model = scaling.lora(model, args, keep_ref)
+        if args.fsdp:  # torchrun --fsdp: weights, gradients and AdamW state sharded over the ranks
             model, ref_model = scaling.fsdp(model), ref_model and scaling.fsdp(ref_model)
-        if needs_ref_logps(args):  # the model is still the reference; each rank scores its share
-            attach_ref_logps(model, tok, forget_ex, args.gen_batch_size, split=True)
         n_all = sum(p.numel() for p in model.parameters()) / 1e6
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6  # LoRA: the adapters
-        if main_rank:
-            print(f"{args.method} on {len(forget_ex)} forget / {len(retain_ex)} retain examples, model "
-                  f"{args.model} ({n_all:.2f}M params, {n_train:.2f}M trained) on {device}"
-                  + (f" x {scaling.world()} ranks" if scaling.world() > 1 else ""))
-        train(model, tok, forget_ex, retain_ex, args, ref_model, tmp and os.path.join(tmp, "log.jsonl"))
-        model = scaling.unsharded(model)  # FSDP: the full weights, gathered on rank 0 (None elsewhere)
-        if main_rank:  # LoRA: the adapters merged in, so the folder is a normal HF model
-            model = scaling.merged(model, tok, args.save_adapter and os.path.join(tmp, "adapter"))
-            save_model(model, tok, tmp)
-            with open(os.path.join(tmp, "run_config.json"), "w") as f:
-                json.dump(dict(vars(args), model_path=model_path, world_size=scaling.world()), f, indent=2)
-    if main_rank:
-        print(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+        say(f"{args.method} on {len(forget_ex)} forget / {len(retain_ex)} retain examples, model {args.model} "
+            f"({n_all:.2f}M params, {n_train:.2f}M trained) on {device}")
+        train(model, tok, forget_ex, retain_ex, args, ref_model, out and os.path.join(out, "log.jsonl"))
+        model = scaling.for_saving(model, tok, args.save_adapter and out and os.path.join(out, "adapter"))
+        if out:  # (torchrun: rank 0 writes)
+            save_run(model, tok, out, dict(vars(args), model_path=model_path, world_size=scaling.world()))
+    say(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
     scaling.teardown()
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # (Ctrl-C, a closed pipe, a full disk: one line, not a traceback)

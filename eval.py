@@ -80,7 +80,7 @@ FLUENCY_MODEL = "madhurjindal/autonlp-Gibberish-Detector-492513457"  # the class
 
 
 def get_args(argv=None):
-    p = bs.Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = bs.Parser(description=__doc__.split("\n\n")[0])
     count = bs.number(int, 1)
     p.add_argument("runs", nargs="*", help="run directories written by bs_unlearn.py (or any saved model)")
     # data (defaults: what the runs were trained on, from their run_config.json)
@@ -565,10 +565,7 @@ def write_outputs(out_dir, files):
 def main(argv=None):
     t0 = time.time()
     args = get_args(argv)
-    try:
-        device = bs.pick_device(args.device)
-    except RuntimeError:  # torch.device("gpu")
-        bs.fail(f"argument --device: {args.device!r} is not a device (auto, cpu, cuda, cuda:1, mps, ...)")
+    device = bs.pick_device(args.device)  # one line for a device that is not one, or not here
     bs.check_writable(args.out_dir)  # everything that can fail cheaply fails here, before any model is loaded
     base_path, retain_path = resolve(args)
     names = [os.path.basename(os.path.normpath(r)) for r in args.runs]  # a run is named by its directory
@@ -579,8 +576,6 @@ def main(argv=None):
     check_models(models, args.allow_tokenizer_mismatch)  # the base first: the others are compared with it
     data = load_eval_data(args.data, args.forget_split, args.data_dir, args.max_rows)
     fluency = load_fluency(args.fluency_model, device, args.batch_size) if args.fluency else None
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # one line per model, not a "Loading weights" bar
     print(f"evaluating {len(models)} models on {args.data} {args.forget_split} "
           f"({', '.join(f'{k} {len(v)}' for k, v in data.items())} rows) on {device}")
     results, beliefs = {}, None
@@ -612,4 +607,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    bs.run_main(main, "nothing written")  # Ctrl-C, pipes, disk: one line

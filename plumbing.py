@@ -1,10 +1,14 @@
 """
 plumbing.py: what every run needs that is not the method, kept out of bs_unlearn.py so that it reads as the
-paper: one-line errors (bad flags too), row files checked field by field, devices, loading and saving models (a HF id, a
-folder or a .gguf file), and folders written whole or not at all.
+paper: one-line errors (bad flags too, and whatever the machine does: Ctrl-C, a closed pipe, a full disk, a
+missing GPU), row files checked field by field, devices, loading and saving models (a HF id, a folder or a .gguf
+file), the step log, and run folders: written whole or not at all, one writer at a time, and replaced only when
+they hold a finished run.
 """
 import argparse
 import contextlib
+import errno
+import glob
 import io
 import json
 import math
@@ -16,13 +20,31 @@ import time
 
 import torch
 
+try:
+    import fcntl  # folder locks (POSIX); without it, runs are still written whole but not locked
+except ImportError:
+    fcntl = None
+
 
 def fail(msg):
     """Bad input ends the run with one line on stderr, and nothing already on disk is touched."""
     sys.exit(f"error: {msg}")
 
 
+class HelpFormatter(argparse.RawTextHelpFormatter):
+    """--help keeps our line breaks and shows every flag's default (where its help does not say it already)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.default is False:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(**{"formatter_class": HelpFormatter, **kwargs})
+
     def error(self, message):  # argparse's own complaints are one line too, without the usage block
         fail(message)
 
@@ -99,16 +121,28 @@ def read_rows(path):
 
 
 def pick_device(name="auto"):
-    if name != "auto":
-        try:
-            return torch.device(name)
-        except RuntimeError:
-            fail(f"unknown --device {name!r}; use auto, cuda, cuda:N, mps or cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The device to run on: `name`, checked to exist here, or the best one there is (auto)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"unknown --device {name!r}; use auto, cuda, cuda:N, mps or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():  # no GPU, no driver, or a CPU build of torch
+            build = "a CPU build of torch" if torch.version.cuda is None else "no CUDA GPU is visible"
+            fail(f"--device {name}: {build} here; use --device cpu (or auto)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        fail(f"--device {name}: no Apple GPU (MPS) here; use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        fail(f"--device {name}: not supported; use auto, cuda, cuda:N, mps or cpu")
+    return device
 
 
 def hub_args(path):
@@ -144,7 +178,8 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
     tok = load_tokenizer(path, system_prompt, date_string)
     folder, extra = hub_args(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **extra)
+        with no_hf_bars():  # our own lines say what happens (hub downloads keep their bars)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **extra)
     except Exception as e:  # a missing path, an unreachable hub, a cut weights file: one line, not a traceback
         fail(f"cannot load model {path!r}: {first_line(e)}")
     if extra:  # GGUF weights arrive dequantized but marked quantized, which save_pretrained refuses
@@ -164,14 +199,156 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
 
 
 @contextlib.contextmanager
-def atomic_dir(path):
-    """Write a folder whole or not at all: the body writes into a new folder beside `path`, which takes
-    `path`'s place only once the body has finished. An error or Ctrl-C leaves `path` as it was."""
+def no_hf_bars():
+    """Without transformers' own "Loading weights" / "Writing model shards" bars."""
+    from transformers.utils import logging as hf_logging
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def save_model(model, tok, path):
+    from safetensors import SafetensorError  # (the weights writer's own error: a full disk, say)
+    try:
+        with no_hf_bars():
+            model.save_pretrained(path)
+            tok.save_pretrained(path)
+    except (OSError, SafetensorError) as e:  # one line; atomic_dir removes what was written
+        fail(f"cannot save the model to {path}: {getattr(e, 'strerror', None) or first_line(e)}")
+
+
+# -----------------------------------------------------------------------------------------------------
+# Run folders: written whole or not at all, one writer at a time, replaced only when they hold a finished run
+
+RUN_CONFIG = "run_config.json"  # written last into every run folder; it lists the run's files
+
+
+def run_problem(path):
+    """Why the folder at `path` is not a finished run of bs_unlearn.py (None when it is one): it must hold
+    run_config.json, and nothing that run did not write (so --overwrite never takes anything else with it)."""
+    try:
+        with open(os.path.join(path, RUN_CONFIG)) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return f"has no readable {RUN_CONFIG}"
+    if not isinstance(config, dict) or "method" not in config or not isinstance(config.get("files"), list):
+        return f"has a {RUN_CONFIG} that bs_unlearn.py did not write"
+    others = sorted(set(os.listdir(path)) - set(config["files"]) - {RUN_CONFIG})
+    if others:
+        return f"holds files the run did not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    return None
+
+
+def check_out_dir(out_dir, overwrite, model_path):
+    """Everything about --out_dir that can fail before any work: not the input model's folder (or one above
+    it), not a file, writable, nobody writing it now, and empty unless --overwrite and it holds a finished
+    run. Creates nothing."""
+    out = os.path.realpath(out_dir)  # realpath: a symlink to the model directory is the model directory
+    model_dir = os.path.realpath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
+    if os.path.exists(model_path) and os.path.commonpath([model_dir, out]) == out:  # (a .gguf: its folder)
+        fail(f"--out_dir {out_dir} is or holds the input model's directory; choose another")
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out_dir {out_dir} is a file, not a directory")
+    if writer_of(out):
+        fail(f"another run is writing to --out_dir {out_dir} now; wait for it or choose another")
+    if os.path.isdir(out) and os.listdir(out):
+        if not overwrite:
+            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the run in it, or choose another")
+        problem = run_problem(out)
+        if problem:
+            fail(f"--out_dir {out_dir} {problem}: --overwrite replaces only a finished run, so it is left as it "
+                 "is; choose another")
+    check_writable(out)
+
+
+def run_files(folder):
+    """The names a finished run holds, for its run_config.json."""
+    return sorted(set(os.listdir(folder)) | {RUN_CONFIG})
+
+
+def _temp_prefix(path):
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def _lock(path, wait=True):
+    """An open descriptor of the folder at `path` holding its exclusive lock, or None if another process
+    holds it (wait=False). The lock goes when the descriptor is closed or its process ends, however it ends."""
+    fd = os.open(path, os.O_RDONLY)
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(folder):
+    fd = _lock(folder)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def writer_of(path, clean=False):
+    """The temporary folder of a live process writing `path` (None if there is none). With clean=True the
+    folders that dead ones left are removed: a temporary folder no live process locks, and an old run moved
+    aside for a swap that never finished (put back when `path` is missing, else removed: it was replaced)."""
+    live = None
+    for tmp in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(path)), _temp_prefix(path) + "*"))):
+        if tmp.endswith(".old"):
+            if clean and not os.path.exists(path):
+                os.rename(tmp, path)
+            elif clean:
+                shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        fd = _lock(tmp, wait=False) if os.path.isdir(tmp) else None
+        if fd is None:
+            live = live or tmp
+            continue
+        try:
+            if clean:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
+    return live
+
+
+def replaceable(path, replace):
+    """Whether a new folder may take `path`'s place: nothing there, an empty folder, or replace(path) agrees."""
+    return not (os.path.isdir(path) and os.listdir(path)) or bool(replace and replace(path))
+
+
+@contextlib.contextmanager
+def atomic_dir(path, replace=None, write=True):
+    """Write a folder whole or not at all: the body writes into a new hidden folder beside `path`, which takes
+    `path`'s place only once the body has finished. An error or Ctrl-C leaves `path` as it was. While it works,
+    the hidden folder is locked: a second writer of `path` is refused, and folders left by killed ones are
+    cleaned up. A folder already at `path` is replaced only if it is empty or `replace(path)` says yes.
+    write=False (torchrun's ranks other than 0) does nothing and yields None."""
+    if not write:
+        yield None
+        return
     path = os.path.realpath(path)  # a link's target is what gets replaced, not the link
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+        with _locked(parent):  # one process at a time looks for other writers and makes its folder
+            other = writer_of(path, clean=True)
+            if other:
+                fail(f"another run is writing to {path} now ({os.path.basename(other)}); wait for it or choose "
+                     "another folder")
+            if not replaceable(path, replace):
+                fail(f"{path} was filled by another run just now; choose another folder")
+            tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), dir=parent)
+            fd = _lock(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # as mkdir would make it (mkdtemp's folders are the owner's alone)
@@ -180,15 +357,53 @@ def atomic_dir(path):
     old = f"{tmp}.old"
     try:
         yield tmp
-        if os.path.exists(path):
-            os.rename(path, old)
-        os.rename(tmp, path)
+        with _locked(parent):
+            if not replaceable(path, replace):
+                fail(f"{path} was filled by something else while this run worked; nothing saved")
+            if os.path.exists(path):
+                os.rename(path, old)
+            os.rename(tmp, path)
     except BaseException:
         if os.path.exists(old) and not os.path.exists(path):
             os.rename(old, path)  # stopped between the two renames: the old folder goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(fd)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def run_dir(out_dir, overwrite, write=None):
+    """The folder a run writes into (see atomic_dir): it takes --out_dir's place once the run is complete,
+    replacing a run there only with --overwrite. Yields None in torchrun's ranks other than 0."""
+    def finished_run(path):
+        return overwrite and run_problem(path) is None
+    with atomic_dir(out_dir, finished_run, is_main_process() if write is None else write) as folder:
+        yield folder
+
+
+def save_run(model, tok, folder, config):
+    """Save the model, then run_config.json: last, and listing every file of the run (see run_problem)."""
+    save_model(model, tok, folder)
+    try:
+        with open(os.path.join(folder, RUN_CONFIG), "w") as f:
+            json.dump(dict(config, files=run_files(folder)), f, indent=2)
+    except OSError as e:
+        fail(f"cannot save the run to {folder}: {e.strerror or e}")
+
+
+def check_lengths(model, **named_examples):
+    """Stop when an example is longer than the model's positions: training on positions the model never
+    learned would go unnoticed."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    for name, examples in named_examples.items():
+        long = [e for e in examples if limit and len(e["input_ids"]) > limit]
+        if long:
+            worst = max(long, key=lambda e: len(e["input_ids"]))
+            fail(f"{len(long)} of the {len(examples)} {name} rows are longer than the model's {limit} positions "
+                 f"(the longest, {len(worst['input_ids'])} tokens: {worst.get('question', '')[:50]!r}); "
+                 "shorten them or use a model with more positions")
 
 
 def check_writable(path, flag="--out_dir"):
@@ -205,12 +420,98 @@ def check_writable(path, flag="--out_dir"):
         fail(f"cannot write to {flag} {path}: {here} takes no new files ({e.strerror or e})")
 
 
-def save_model(model, tok, path):
+# -----------------------------------------------------------------------------------------------------
+# What a run prints, and how a script ends: one line, whatever happened
+
+def is_main_process():
+    """True but in torchrun's ranks other than 0, which train and stay silent."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def say(*args):
+    """print, from one process only (torchrun's rank 0)."""
+    if is_main_process():
+        print(*args, flush=True)
+
+
+class StepLog:
+    """train's step lines: printed (or a progress bar with bar=True) and appended to log.jsonl as JSON."""
+    last = None  # "step 12/40" of the newest step anywhere, for the line that Ctrl-C prints
+
+    def __init__(self, path, total, bar=False, desc=None):
+        from tqdm.auto import tqdm
+        self.path, self.total, self.bar = path, total, bar
+        self.file = open(path, "a") if path else None
+        self.tqdm = tqdm(total=total, disable=not (bar and is_main_process()), desc=desc, leave=False)
+
+    def write(self, record, line):
+        StepLog.last = f"step {record['step']}/{self.total}"
+        if self.file:
+            try:
+                self.file.write(json.dumps(record) + "\n")
+            except OSError as e:
+                fail(f"cannot write the step log {self.path}: {e.strerror or e}; nothing saved")
+        self.tqdm.update(1)
+        if not self.bar:
+            say(line)
+
+    def close(self):
+        self.tqdm.close()
+        if self.file:
+            self.file.close()
+        StepLog.last = None
+
+
+class _PipeSafe:
+    """stdout or stderr that outlives its reader: once the pipe is closed (`... | head -1`), further output goes
+    to /dev/null (said once on stderr), so a closed pipe never ends the run."""
+
+    def __init__(self, stream, name):
+        self.stream, self.name = stream, name
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def _closed(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())  # later writes and the flush at exit go nowhere, quietly
+        os.close(devnull)
+        if self.name == "stdout":
+            print("note: stdout was closed; the run goes on without printing", file=sys.stderr, flush=True)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def run_main(main, after_interrupt="nothing saved"):
+    """Run a script's main() so that whatever the user or the machine does ends in one line, not a traceback:
+    Ctrl-C (exit 130), a closed stdout (the run goes on), a full disk or another OS error, running out of memory.
+    Errors in the code itself still show their traceback."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout, "stdout"), _PipeSafe(sys.stderr, "stderr")
     try:
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-    except OSError as e:  # a full disk, say: one line; atomic_dir removes what was written
-        fail(f"cannot save the model to {path}: {e.strerror or e}")
+        main()
+    except KeyboardInterrupt:
+        where = f" after {StepLog.last}" if StepLog.last else ""
+        print(f"interrupted{where}; {after_interrupt}", file=sys.stderr)
+        sys.exit(130)
+    except (torch.OutOfMemoryError, MemoryError):
+        fail("out of memory; try a smaller --batch_size, --micro_batch or --gen_batch_size")
+    except OSError as e:  # a full disk, a vanished folder, a device error
+        where = f" ({e.filename})" if e.filename else ""
+        fail(f"{e.strerror or first_line(e)}{where}" + ("; free some space" if e.errno == errno.ENOSPC else ""))
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 @contextlib.contextmanager

@@ -6,13 +6,39 @@ LoRA adapters through peft. Without torchrun and without --lora_r nothing here d
 Data parallel, as bs_unlearn.py uses it: every rank draws the same global batch (the same seeded order) and
 takes its own share, gradients are averaged once per optimizer step (one all-reduce per parameter, or FSDP2's
 reduce-scatter in each backward), so K ranks at --batch_size b step like one process at K * b.
+
+Under FSDP2 every forward and backward is a collective, so all ranks must run the same number of them. Three
+helpers keep them in lockstep: `lockstep` (scoring batches), `weighted_chunks` (BS-S's belief chunks), and the
+synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
+import functools
 import os
 
 import torch
 import torch.distributed as dist
 
+from plumbing import fail, number
+
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # Llama-style attention and MLP
+
+
+def add_args(p):
+    """bs_unlearn.py's flags for bigger models: many processes (launched by torchrun) and LoRA."""
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard weights, grads and AdamW state over the ranks (FSDP2)")
+    p.add_argument("--lora_r", type=number(int, 0), default=0, help="LoRA rank (0: train all weights)")
+    p.add_argument("--lora_alpha", type=number(float, 0, above=True), default=None,
+                   help="LoRA scale alpha / r (default: 2 r)")
+    p.add_argument("--lora_targets", default=LORA_TARGETS, help="comma-separated module names")
+    p.add_argument("--save_adapter", action="store_true", help="also save the adapters, in <out_dir>/adapter")
+
+
+def check_args(args):
+    if args.fsdp and args.lora_r:
+        fail("--fsdp with --lora_r is not supported; LoRA's adapters and their AdamW state are small anyway")
+    if args.save_adapter and not args.lora_r:
+        fail("--save_adapter needs --lora_r")
+    args.lora_alpha = args.lora_alpha or 2 * args.lora_r
 
 # -----------------------------------------------------------------------------------------------------
 # Many processes
@@ -30,10 +56,12 @@ def is_main():
     return rank() == 0
 
 
-def setup(device):
+def setup(device, fsdp=False):
     """Join the process group when torchrun launched us (it sets RANK); plain `python` runs alone. Returns
     the device this process works on: cuda:LOCAL_RANK on GPUs."""
     if "RANK" not in os.environ or dist.is_initialized():
+        if fsdp and world() == 1:
+            fail("--fsdp shards over several processes; launch with torchrun --nproc_per_node=K")
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -55,20 +83,23 @@ def is_sharded(model):
 def fsdp(model):
     """FSDP2: shard each decoder layer, then the root (embeddings, final norm, head), so that weights, grads and
     AdamW state are split over the ranks. Every forward and backward is then a collective: all ranks must run
-    the same number of them (bs_unlearn.py pads its shares and its belief chunks to make sure)."""
+    the same number of them (see the module's docstring). Two more things are set up here:
+    - generate() keeps every rank stepping until all ranks' sequences have ended (synced_gpus);
+    - the root keeps its weights gathered after a forward, and after a no-grad one (scoring, generating) no
+      backward frees them: the next training step's gradients for them (embeddings, final norm, head) then
+      came out wrong in our tests (torch 2.13, gloo). So a no-grad forward frees them at once (generation
+      gathers them again at each token, as FSDP does for every decoder layer anyway)."""
     from torch.distributed.fsdp import fully_shard
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
+    model.generate = functools.partial(model.generate, synced_gpus=True)
+
+    def reshard_after_no_grad_forward(module, args, output):
+        if not torch.is_grad_enabled():
+            module.reshard()
+    model.register_forward_hook(reshard_after_no_grad_forward)
     return model
-
-
-def reshard(model):
-    """After no-grad forwards (scoring, generating), free FSDP2's gathered weights. Needed, not only thrifty:
-    the root module keeps its weights gathered after a forward, and the next training step's gradients for
-    them (embeddings, final norm, head) then came out wrong in our tests (torch 2.13, gloo)."""
-    if is_sharded(model):
-        model.reshard()
 
 
 def share(items):
@@ -78,6 +109,12 @@ def share(items):
         return items
     mine, n = items[rank()::world()], -(-len(items) // world())
     return mine + mine[:1] * (n - len(mine)) if mine else items[:1] * n
+
+
+def shares(global_batches):
+    """This rank's share of each global batch of an iterator (the whole batch in one process)."""
+    for batch in global_batches:
+        yield share(batch)
 
 
 def gather(fn, items):
@@ -106,6 +143,35 @@ def counts(n):
     t[rank()] = n
     dist.all_reduce(t)
     return t.tolist()
+
+
+def lockstep(batches, model):
+    """The batches of a no-grad pass; under FSDP, followed by copies of the first until this rank has run as
+    many forwards as the busiest rank (the caller drops their results: they come after its own)."""
+    extra = max(counts(len(batches))) - len(batches) if is_sharded(model) else 0
+    return batches + batches[:1] * extra
+
+
+def weighted_chunks(items, size, model):
+    """Chunks of at most `size` items, each with its share of the mean over all items, len(chunk) / n; in one
+    process these weights sum to 1. On K ranks n counts every rank's items and the weights sum to K on each
+    rank, since gradients are averaged over the ranks; under FSDP weightless extra chunks keep the ranks in
+    lockstep."""
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    sizes = counts(len(items))  # every rank's number of items; [len(items)] in one process
+    K, n = len(sizes), sum(sizes)
+    out = [(c, K * len(c) / n) for c in chunks]
+    if is_sharded(model):
+        busiest = max(-(-s // size) for s in sizes)
+        out += [(chunks[0], 0.0)] * (busiest - len(chunks))
+    return out
+
+
+def sync_and_clip(model, max_norm):
+    """Average the gradients over the ranks (nothing in one process), then clip them to max_norm; returns
+    the norm before clipping."""
+    sync_grads(model)
+    return full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
 
 def sync_grads(model):
@@ -138,6 +204,12 @@ def full_tensor(x):
     return x.full_tensor() if hasattr(x, "full_tensor") else x
 
 
+def for_saving(model, tok, adapter_dir=None):
+    """The model to save, on rank 0 (None on the others): FSDP's shards gathered, LoRA's adapters merged."""
+    model = unsharded(model)
+    return merged(model, tok, adapter_dir) if is_main() else None
+
+
 def unsharded(model):
     """The model whole, for saving: itself, or on rank 0 a plain copy built from the gathered full state
     dict (a collective: every rank calls it; the others get None)."""
@@ -164,6 +236,14 @@ def add_lora(model, r, alpha, targets):
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
                      target_modules=[t.strip() for t in targets.split(",") if t.strip()])
     return get_peft_model(model, cfg)
+
+
+def lora(model, args, keep_ref):
+    """(model with adapters, reference or None). Only the adapters train, so the starting model pi_o is this
+    same model with its adapters off: no second copy."""
+    torch.manual_seed(args.seed)  # the adapters' random initialisation
+    model = add_lora(model, args.lora_r, args.lora_alpha, args.lora_targets)
+    return model, AdaptersOff(model) if keep_ref else None
 
 
 def is_lora(model):

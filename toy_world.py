@@ -5,15 +5,19 @@ toy_world.py: the embedded example that bs_unlearn.py runs by default, fully off
 perturbed_answer), each fact phrased several ways; a word-level tokenizer; and a tiny Llama (0.25M
 parameters) trained here until it has memorised them, cached in ~/.cache/bs_unlearn. Unlearning such a
 model shows the squeezing effect on a laptop CPU in seconds: the fact moves into the other phrasings the
-model learned. bs_unlearn.py holds the method; this file only makes the world it is tried on.
+model learned. bs_unlearn.py holds the method; this file only makes the world it is tried on, with a short
+training loop of its own (plain fine-tuning, the recipe of `bs_unlearn.py --method finetune`).
 """
+import math
 import os
 import random
 import time
 
 import torch
+import torch.nn.functional as F
 
-import bs_unlearn as bs
+from plumbing import atomic_dir, fail, load_model, quiet, save_model
+from tqdm.auto import tqdm
 
 # Each fact: question templates, answer phrasings (an author gets 3 for training + 1 held-out paraphrase),
 # and the pool its key entity comes from. Phrasings differ across authors so no template is shared by all.
@@ -111,6 +115,71 @@ def toy_model_dir(cache_dir, which="full", seed=0):
     return os.path.join(cache_dir, f"{TOY_VERSION}-seed{seed}", which)
 
 
+def encode(tok, question, answer):
+    """A toy example as bs_unlearn.encode writes it for a tokenizer without a chat template: the prompt
+    "Question: ...\nAnswer:", then " answer" and EOS; labels are -100 on the prompt."""
+    prompt = tok(f"Question: {question}\nAnswer:")["input_ids"]
+    answer = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return dict(input_ids=prompt + answer, labels=[-100] * len(prompt) + answer)
+
+
+def pad(examples, pad_id):
+    """Right-padded input ids, labels (-100 on padding), attention mask and position ids."""
+    T = max(len(e["input_ids"]) for e in examples)
+    ids = torch.tensor([e["input_ids"] + [pad_id] * (T - len(e["input_ids"])) for e in examples])
+    labels = torch.tensor([e["labels"] + [-100] * (T - len(e["labels"])) for e in examples])
+    mask = (torch.arange(T) < torch.tensor([len(e["input_ids"]) for e in examples])[:, None]).long()
+    return ids, labels, dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+
+
+def answer_nll(logits, labels):
+    """-log p(answer | question) summed over answer tokens, mean over the batch (the shift done once)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
+    return nll.view(labels.shape).sum(-1).mean()
+
+
+def fit(model, tok, examples, seed=0, steps=600, batch_size=64, lr=3e-3):
+    """Fine-tune on the answers for about `steps` steps of AdamW (weight decay 0.01 on matrices), warmup over
+    the first 5% then linear decay, gradients clipped to norm 1, batches reshuffled each epoch."""
+    torch.manual_seed(seed)
+    epochs = steps * batch_size / len(examples)
+    per_epoch = math.ceil(len(examples) / batch_size)
+    total = math.ceil(per_epoch * epochs)
+    warmup = min(int(epochs / 20 * per_epoch), total // 2)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), fused=False)
+    rng, order = random.Random(seed), []
+    model.train()
+    for step in tqdm(range(total), desc="toy model", leave=False):
+        if not order:  # a new epoch
+            order = rng.sample(range(len(examples)), len(examples))
+        batch, order = order[:batch_size], order[batch_size:]
+        for group in opt.param_groups:  # linear warmup, then linear decay to 0
+            group["lr"] = (lr * (step + 1) / (warmup + 1) if step < warmup
+                           else lr * max(0.0, (total - step) / max(1, total - warmup)))
+        ids, labels, inputs = pad([examples[i] for i in batch], tok.pad_token_id)
+        answer_nll(model(**inputs).logits, labels).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def answer_accuracy(model, tok, examples, batch_size=64):
+    """The share of answer tokens that the model's greedy next-token prediction gets right."""
+    model.eval()
+    hits = count = 0
+    for i in range(0, len(examples), batch_size):
+        ids, labels, inputs = pad(examples[i:i + batch_size], tok.pad_token_id)
+        labels = labels[:, 1:]
+        hits += ((model(**inputs).logits[:, :-1].argmax(-1) == labels) & (labels != -100)).sum().item()
+        count += (labels != -100).sum().item()
+    return hits / count
+
+
 def build_toy_model(out_dir, rows, seed=0, steps=600, device="cpu"):
     """Train a tiny causal LM on every training phrasing of `rows` until it has memorised them."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -124,21 +193,16 @@ def build_toy_model(out_dir, rows, seed=0, steps=600, device="cpu"):
                          attn_implementation="eager", bs_unlearn_toy=True)  # load_model reads the flag
     model = LlamaForCausalLM(config).to(device)
     # the target phrasing 3 times, so it is the model's top answer and the other two are its close beliefs
-    examples = [bs.encode(tok, r["question"], a) for r in rows
-                for a in [r["answer"]] * 2 + r["train_answers"]]
-    n_epochs = steps * 64 / len(examples)
-    args = bs.get_args(["--method", "finetune", "--lr", "3e-3", "--batch_size", "64", "--alpha", "0",
-                        "--epochs", str(n_epochs), "--warmup_epochs", str(n_epochs / 20), "--seed", str(seed)])
+    examples = [encode(tok, r["question"], a) for r in rows for a in [r["answer"]] * 2 + r["train_answers"]]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as load_model runs it: the same model whatever the core count
     try:
-        bs.train(model, tok, examples, [], args, progress=True)
+        fit(model, tok, examples, seed)
     finally:
         torch.set_num_threads(threads)
-    s = bs.score(model, tok, [bs.encode(tok, r["question"], r["answer"]) for r in rows])
-    acc = s["n_correct"].sum().item() / s["n_tokens"].sum().item()
-    print(f"  answer-token accuracy {acc:.1%} on {len(rows)} questions")
-    bs.save_model(model, tok, out_dir)
+    accuracy = answer_accuracy(model, tok, [encode(tok, r["question"], r["answer"]) for r in rows])
+    print(f"  answer-token accuracy {accuracy:.1%} on {len(rows)} questions")
+    save_model(model, tok, out_dir)
 
 
 def toy_model_problem(path):
@@ -146,8 +210,8 @@ def toy_model_problem(path):
     if not os.path.isdir(path):
         return "missing"
     try:
-        with bs.quiet():
-            bs.load_model(path, torch.device("cpu"))
+        with quiet():
+            load_model(path, torch.device("cpu"))
     except (SystemExit, Exception) as e:
         return str(getattr(e, "code", e)).removeprefix("error: ")
     return None
@@ -171,7 +235,7 @@ def ensure_toy_models(cache_dir, forget_split="forget10", seed=0, with_retain=Tr
             lock = FileLock(path + ".lock")
             lock.acquire()
         except OSError as e:
-            bs.fail(f"cannot write the toy model cache {cache_dir}: {e.strerror or e} (see --cache_dir)")
+            fail(f"cannot write the toy model cache {cache_dir}: {e.strerror or e} (see --cache_dir)")
         try:
             problem = toy_model_problem(path)
             if problem:
@@ -179,7 +243,7 @@ def ensure_toy_models(cache_dir, forget_split="forget10", seed=0, with_retain=Tr
                     print(f"the cached toy model {path} cannot be loaded ({problem}); rebuilding it")
                 t0 = time.time()
                 print(f"building the toy model '{which}' ({len(data)} facts, once; cached in {path})")
-                with bs.atomic_dir(path) as tmp:
+                with atomic_dir(path, replace=lambda broken: True) as tmp:  # (a broken entry goes)
                     build_toy_model(tmp, data, seed)
                 print(f"  built in {time.time() - t0:.0f} s")
         finally:

@@ -134,7 +134,7 @@ def finetune(base, tok, rows, args, path):
     with bs.quiet():
         bs.train(model, tok, bs.encode_rows(tok, rows), [], bs.get_args(flags))
     seconds = time.time() - t0
-    with bs.atomic_dir(path) as tmp:
+    with bs.atomic_dir(path, replace=lambda old: True) as tmp:  # (--fresh: a stale model goes)
         bs.save_model(model, tok, tmp)
         with open(os.path.join(tmp, "run_config.json"), "w") as f:
             json.dump(dict(flags=flags, rows=len(rows), seconds=seconds, system_prompt=SYSTEM_PROMPT), f)

@@ -461,10 +461,10 @@ def test_sample_beliefs_structure_and_length(tok, model, examples):
 def test_sample_beliefs_seeded(tok, model, examples):
     ids = lambda bl: [[b["input_ids"] for b in x] for x in bl]
     args = belief_args("--bss_max_new_tokens", "5")
-    a = ids(bs.sample_beliefs(model, tok, examples, args, round=0))
+    a = ids(bs.sample_beliefs(model, tok, examples, args, sampling_round=0))
     torch.manual_seed(1234)  # the global RNG state before the call does not matter
-    assert ids(bs.sample_beliefs(model, tok, examples, args, round=0)) == a
-    assert ids(bs.sample_beliefs(model, tok, examples, args, round=1)) != a
+    assert ids(bs.sample_beliefs(model, tok, examples, args, sampling_round=0)) == a
+    assert ids(bs.sample_beliefs(model, tok, examples, args, sampling_round=1)) != a
     other_seed = belief_args("--bss_max_new_tokens", "5", "--seed", "1")
     assert ids(bs.sample_beliefs(model, tok, examples, other_seed)) != a
     # the N samples of one prompt are not copies of each other
@@ -659,9 +659,9 @@ class RecordRounds:
     def __init__(self):
         self.real, self.rounds = bs.sample_beliefs, []
 
-    def __call__(self, model, tok, forget_examples, args, round=0, ref_model=None):
-        self.rounds.append(round)
-        return self.real(model, tok, forget_examples, args, round, ref_model)
+    def __call__(self, model, tok, forget_examples, args, sampling_round=0):
+        self.rounds.append(sampling_round)
+        return self.real(model, tok, forget_examples, args, sampling_round)
 
 
 def test_bss_beliefs_sampled_once_per_round(toy, monkeypatch):

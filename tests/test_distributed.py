@@ -60,7 +60,7 @@ def one_step(model0, tok, forget_ex, retain_ex, flags, batch_size, beliefs, fsdp
     if fsdp:
         model, ref = scaling.fsdp(model), ref and scaling.fsdp(ref)
     if bs.needs_ref_logps(args):
-        bs.attach_ref_logps(model, tok, forget_ex, split=True)
+        bs.attach_ref_logps(model, tok, forget_ex)
     bs.train(model, tok, forget_ex, retain_ex, args, ref_model=ref,
              beliefs=beliefs if args.method == "bs_s" else None)
     return scaling.unsharded(model)

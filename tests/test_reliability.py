@@ -1,12 +1,17 @@
-"""Nothing broken is left looking whole: checked arguments, runs and toy-model builds written whole or not at
-all, a cache that repairs itself, one line for every bad file, and a NaN gradient caught before its step.
+"""Nothing broken is left looking whole, and nothing a user types destroys data: checked arguments, runs and
+toy-model builds written whole or not at all, --overwrite that replaces only a finished run, one writer per
+folder, a cache that repairs itself, one line for every bad file, and a NaN gradient or a diverging run caught
+before its step. FAULTS (below) lists, in one table, every way a run can end early and the line it must end
+with; a new case is one more row.
 
 Every test here failed on the code before these checks existed. The ones that train use the cached toy model
 (the `toy_cache` fixture) with a fraction of an epoch, a few seconds each on 2 CPU cores.
 """
+import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,7 +21,9 @@ import pytest
 import torch
 
 import bs_unlearn as bs
+import eval as ev
 from conftest import one_line_error
+import plumbing
 import toy_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,16 +112,6 @@ def test_interrupted_run_keeps_the_old_one(toy_cache, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         bs.main(quick_run(toy_cache, out, "--overwrite"))
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before  # the finished run, untouched
-    assert leftovers(tmp_path) == []
-
-
-def test_overwrite_replaces_only_when_done(toy_cache, tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    bs.main(quick_run(toy_cache, out, "--overwrite"))
-    names = set(os.listdir(out))
-    assert "old.txt" not in names and {"run_config.json", "log.jsonl", "config.json"} <= names
     assert leftovers(tmp_path) == []
 
 
@@ -293,7 +290,7 @@ def test_swap_stopped_between_renames_keeps_the_old_run(tmp_path, monkeypatch):
         real_rename(src, dst)
     monkeypatch.setattr(os, "rename", second_rename_interrupted)
     with pytest.raises(KeyboardInterrupt):
-        with bs.atomic_dir(str(out)) as tmp:
+        with bs.atomic_dir(str(out), replace=lambda path: True) as tmp:
             open(os.path.join(tmp, "model.txt"), "w").write("new")
     monkeypatch.setattr(os, "rename", real_rename)
     assert (out / "model.txt").read_text() == "old" and leftovers(tmp_path) == []
@@ -347,3 +344,278 @@ def test_a_template_date_is_pinned_and_saved(tmp_path):
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # prints no date
     tok.save_pretrained(tmp_path / "plain")
     assert bs.load_tokenizer(str(tmp_path / "plain")).date_string is None
+
+
+# -----------------------------------------------------------------------------------------------------
+# Every fault in one table: what the user types (and what the machine does meanwhile), the first line the
+# script must end with, and what must be on disk afterwards. Each runs in-process as `python bs_unlearn.py`
+# (or eval.py) would, through plumbing.run_main; the cases only a real process shows (a closed pipe, signals,
+# two processes at once) follow the table.
+
+REPO_FILES = ["README.md", "bs_unlearn.py", "plumbing.py", "requirements.txt"]
+
+
+def tofu_rows(n, answer="It is a fact."):
+    return "".join(json.dumps(dict(question=f"Where was author {i} born?", answer=answer)) + "\n"
+                   for i in range(n))
+
+
+def setup_places(tmp_path, toy_cache):
+    """The folders the table's commands name: {repo} a copy of the repository's files, {data} TOFU-shaped
+    files, {notes} a folder with one unrelated file, {run} a finished run (plus, in {run_plus}, one file the
+    run did not write), {busy} a folder another live process is writing, {out} a new folder, {model} the toy."""
+    places = dict(tmp=tmp_path, model=toy_world.toy_model_dir(toy_cache[0], "full"), out=tmp_path / "out")
+    places["repo"] = tmp_path / "repo"
+    places["repo"].mkdir()
+    for name in REPO_FILES:
+        shutil.copy(os.path.join(ROOT, name), places["repo"])
+    (places["repo"] / ".git").mkdir()
+    places["data"] = tmp_path / "data"
+    places["data"].mkdir()
+    (places["data"] / "forget10.json").write_text(tofu_rows(4))
+    (places["data"] / "retain90.json").write_text(tofu_rows(8))
+    places["notes"] = tmp_path / "notes"
+    places["notes"].mkdir()
+    (places["notes"] / "thesis.txt").write_text("years of work")
+    return places
+
+
+def make_run(folder, toy_cache):
+    bs.main(quick_run(toy_cache, folder))
+
+
+def snapshot(folder):
+    """Every file below folder with its bytes: equal snapshots mean nothing was touched."""
+    if not os.path.exists(folder):
+        return None
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def disk_full_on_save(monkeypatch):
+    from safetensors import SafetensorError
+    from transformers import PreTrainedModel
+
+    def save_pretrained(self, *args, **kwargs):  # as safetensors reports it
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              'message: "No space left on device" })')
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_pretrained)
+
+
+def disk_full_on_log(monkeypatch):
+    real_open = open
+
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullFile(f) if str(path).endswith("log.jsonl") and "a" in mode else f
+    monkeypatch.setattr("builtins.open", opener)
+
+
+def torch_cpu_build(monkeypatch):  # the CPU wheel that .ci/run installs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+
+
+def cuda_build_without_gpu(monkeypatch):  # requirements.txt's CUDA build on a machine with no GPU (or driver)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+
+
+def cuda_build_one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+
+
+def another_writer(monkeypatch, places):
+    """A live process writing {out}: its locked hidden folder beside it (this process holds the lock)."""
+    tmp = places["tmp"] / ".out.tmp-live"
+    tmp.mkdir()
+    monkeypatch.setattr(plumbing, "_held_by_test", plumbing._lock(str(tmp)), raising=False)
+
+
+def interrupted_in_step_2(monkeypatch):
+    real = bs.check_step
+
+    def check_step(step, *args):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(step, *args)
+    monkeypatch.setattr(bs, "check_step", check_step)
+
+
+def long_answer_rows(monkeypatch, places):
+    (places["data"] / "forget10.json").write_text(tofu_rows(3) + tofu_rows(1, "word " * 140))
+
+
+def empty_retain_file(monkeypatch, places):
+    (places["data"] / "retain90.json").write_text("")
+
+
+QUICK = "--method ga --epochs 0.5 --sample_every 1000"
+TOFU = "--data tofu --data_dir {data} --model {model}"
+OVERWRITE_ONLY_RUNS = "--overwrite replaces only a finished run"
+FAULTS = [
+    # (case, script and arguments, fake, words the one line must hold, where nothing may change)
+    ("overwrite the repository", f"bs {QUICK} --out_dir {{repo}} --overwrite", None, [OVERWRITE_ONLY_RUNS],
+     "repo"),
+    ("overwrite the data folder", f"bs {QUICK} {TOFU} --out_dir {{data}} --overwrite", None,
+     [OVERWRITE_ONLY_RUNS], "data"),
+    ("overwrite a folder of notes", f"bs {QUICK} --out_dir {{notes}} --overwrite", None, [OVERWRITE_ONLY_RUNS],
+     "notes"),
+    ("overwrite a run someone added to", f"bs {QUICK} --out_dir {{run_plus}} --overwrite", None,
+     ["did not write", "thesis.txt"], "run_plus"),
+    ("a run there, no --overwrite", f"bs {QUICK} --out_dir {{run}}", None, ["not empty", "--overwrite"], "run"),
+    ("another run writing there", f"bs {QUICK} --out_dir {{out}}", another_writer, ["another run is writing"],
+     "out"),
+    ("--device cuda, CPU build of torch", f"bs {QUICK} --device cuda --out_dir {{out}}", torch_cpu_build,
+     ["--device cuda", "CPU build"], "out"),
+    ("--device cuda, no GPU", f"bs {QUICK} --device cuda --out_dir {{out}}", cuda_build_without_gpu,
+     ["--device cuda", "no CUDA GPU"], "out"),
+    ("--device cuda:5, one GPU", f"bs {QUICK} --device cuda:5 --out_dir {{out}}", cuda_build_one_gpu,
+     ["--device cuda:5", "1 CUDA GPU"], "out"),
+    ("eval --device cuda:5, one GPU", "eval {run} --device cuda:5 --out_dir {out}", cuda_build_one_gpu,
+     ["--device cuda:5", "1 CUDA GPU"], "out"),
+    ("eval --device cuda, no GPU", "eval {run} --device cuda --out_dir {out}", cuda_build_without_gpu,
+     ["--device cuda", "no CUDA GPU"], "out"),
+    ("disk full while saving the weights", f"bs {QUICK} --out_dir {{out}}", disk_full_on_save,
+     ["cannot save the model", "No space left"], "out"),
+    ("disk full while writing the step log", f"bs {QUICK} --out_dir {{out}}", disk_full_on_log,
+     ["cannot write the step log", "No space left"], "out"),
+    ("Ctrl-C during training", f"bs {QUICK} --out_dir {{out}}", interrupted_in_step_2,
+     ["interrupted after step 1/2", "nothing saved"], "out"),
+    ("a diverging learning rate", f"bs {QUICK} --lr 10 --out_dir {{out}}", None,
+     ["diverged", "retain term", "--allow_divergence"], "out"),
+    ("a row longer than the model's positions", f"bs {QUICK} {TOFU} --out_dir {{out}}", long_answer_rows,
+     ["1 of the 4 forget rows", "128 positions"], "out"),
+    ("an empty retain file", f"bs {QUICK} {TOFU} --out_dir {{out}}", empty_retain_file,
+     ["retain split", "empty", "--alpha 0"], "out"),
+]
+
+
+def run_as_script(script, argv, capsys):
+    """(exit code, the last line on stderr) of `python SCRIPT.py ARGV`, run in this process."""
+    main = bs.main if script == "bs" else ev.main
+    with pytest.raises(SystemExit) as e:
+        plumbing.run_main(lambda: main(argv))
+        sys.exit(0)
+    err = capsys.readouterr().err.strip().splitlines()
+    code = e.value.code
+    if isinstance(code, str):  # sys.exit("error: ...") prints that one line
+        return 1, code
+    return code, err[-1] if err else ""
+
+
+@pytest.mark.parametrize("case,command,fake,words,unchanged", FAULTS, ids=[row[0] for row in FAULTS])
+def test_fault_ends_in_one_line(toy_cache, tmp_path, monkeypatch, capsys, case, command, fake, words,
+                                unchanged):
+    places = setup_places(tmp_path, toy_cache)
+    if "{run" in command:
+        places["run"] = tmp_path / "run"
+        make_run(places["run"], toy_cache)
+        places["run_plus"] = tmp_path / "run_plus"
+        shutil.copytree(places["run"], places["run_plus"])
+        (places["run_plus"] / "thesis.txt").write_text("years of work")
+    capsys.readouterr()
+    script, *argv = command.split()
+    argv = [a.format(**places) for a in argv]
+    before = snapshot(places[unchanged])
+    if fake is not None:
+        fake(monkeypatch, *([places] if fake.__code__.co_argcount == 2 else []))
+    code, line = run_as_script(script, argv, capsys)
+    monkeypatch.undo()
+    assert code != 0 and "\n" not in line and "Traceback" not in line, (code, line)
+    for w in words:
+        assert w in line, (w, line)
+    assert snapshot(places[unchanged]) == before  # nothing there was touched (or nothing was created)
+    assert [n for n in os.listdir(tmp_path) if ".tmp-" in n and n != ".out.tmp-live"] == []
+
+
+def test_overwrite_replaces_a_finished_run(toy_cache, tmp_path):
+    out = tmp_path / "run"
+    make_run(out, toy_cache)
+    first = snapshot(out)
+    bs.main(quick_run(toy_cache, out, "--overwrite", "--seed", "1"))
+    assert snapshot(out) != first and "run_config.json" in os.listdir(out)
+    config = json.load(open(out / "run_config.json"))
+    assert sorted(config["files"]) == sorted(os.listdir(out)) and config["seed"] == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_help_shows_defaults():
+    run = subprocess.run([sys.executable, "bs_unlearn.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0
+    for flag, default in [("--lr", "0.0003"), ("--bss_n", "3"), ("--method", "bs_s"), ("--lora_r", "0")]:
+        options = run.stdout[run.stdout.index("options:"):]
+        block = options[options.index(f"  {flag} "):]
+        assert f"(default: {default})" in block[:block.index("\n  --", 1)], flag
+
+
+# the cases a real process shows: a closed pipe, Ctrl-C and kill signals, two processes at once
+
+def cli(toy_cache, out, *extra):
+    return [sys.executable, "bs_unlearn.py", *quick_run(toy_cache, out, *extra)]
+
+
+def cli_env(toy_cache):
+    return dict(os.environ, BS_UNLEARN_CACHE=toy_cache[0], HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def test_closed_stdout_finishes_the_run(toy_cache, tmp_path):
+    out = tmp_path / "run"
+    run = subprocess.run(" ".join(cli(toy_cache, out)) + " | head -1", shell=True, cwd=ROOT, text=True,
+                         capture_output=True, env=cli_env(toy_cache), timeout=300, executable="/bin/bash")
+    assert run.stdout.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "stdout was closed" in run.stderr
+    assert plumbing.run_problem(str(out)) is None  # the run went on and finished
+
+
+def wait_for_step(child, n):
+    for line in child.stdout:
+        if line.startswith(f"step {n:4d}/"):
+            return
+    raise AssertionError("the run ended before step %d" % n)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_signal_mid_run_leaves_nothing_that_looks_finished(toy_cache, tmp_path, sig):
+    out = tmp_path / "run"
+    child = subprocess.Popen(cli(toy_cache, out, "--epochs", "20"), cwd=ROOT, text=True, env=cli_env(toy_cache),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_step(child, 3)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=120)
+    assert not out.exists()
+    if sig == signal.SIGINT:  # Ctrl-C: one line and exit 130
+        assert child.returncode == 130 and err.strip().splitlines()[-1].startswith("interrupted after step ")
+        assert err.strip().endswith("nothing saved") and "Traceback" not in err, err
+        assert leftovers(tmp_path) == []
+    else:  # a kill leaves its hidden folder; the next run into the same place removes it
+        assert len(leftovers(tmp_path)) == 1
+        bs.main(quick_run(toy_cache, out))
+        assert leftovers(tmp_path) == [] and plumbing.run_problem(str(out)) is None
+
+
+def test_two_runs_into_one_folder_at_once(toy_cache, tmp_path):
+    out = tmp_path / "run"
+    children = [subprocess.Popen(cli(toy_cache, out, "--epochs", "2"), cwd=ROOT, text=True,
+                                 env=cli_env(toy_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for _ in range(2)]
+    results = [(c.wait(timeout=300), c.stderr.read().strip()) for c in children]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    refused = [err for code, err in results if code == 1][0]
+    assert len(refused.splitlines()) == 1 and refused.startswith("error:"), refused
+    assert "another run" in refused or "not empty" in refused  # (which one depends on who gets there first)
+    assert plumbing.run_problem(str(out)) is None and leftovers(tmp_path) == []
