@@ -11,6 +11,14 @@ loop -> main. Three files hold what is not the method: toy_world.py, the embedde
 authors and a tiny model that memorises them, built offline); plumbing.py (errors, files, models, run
 folders); scaling.py (many processes through torchrun, LoRA adapters through peft).
 
+The method in one screen (every objective is minimised; log pi(y|x) sums the answer tokens' log-probs):
+    L = gamma * L_forget(forget set D_u) + alpha * L_retain(retain set D_r)      L_retain: NLL, or KL to pi_o
+    GA   (Eq. 1)    L_forget = E[log pi_theta(y|x)]
+    NPO  (Eq. 3)    L_forget = (2/beta) E[log(1 + (pi_theta(y|x) / pi_o(y|x))^beta)],  pi_o = the frozen start
+    BS-T (Eqs. 5-6) GA on soft targets: lam * (the model's own top-k next tokens) + (1 - lam) * (the answer)
+    BS-S (Eq. 7)    L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j), L = a base loss above and
+                    belief_j = the model's own sampled answers to the forget questions ("beliefs")
+
 Run (fully offline; the first run builds and caches a tiny model on generated data, ~1 min on 2 CPU cores):
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
@@ -38,8 +46,8 @@ Deviations from the paper and its public code:
    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
 8. On K ranks a global batch that K does not divide is padded with repeats (as DistributedSampler does), and
    each rank samples beliefs for its own share of the forget set, so they differ from a 1-process run's.
-9. A run whose retain term rises by more than a uniform guess over the vocabulary costs (ln V nats per answer
-   token) has diverged: it stops instead of saving a broken model; `--allow_divergence` trains on.
+9. A run whose retain term rises by more than ln V nats per answer token (the cost of a uniform guess over
+   the vocabulary) has diverged: it stops instead of saving a broken model; `--allow_divergence` trains on.
 """
 import copy
 import json
@@ -53,10 +61,10 @@ import torch.nn.functional as F
 
 # not the method: one-line errors (also for bad flags: Parser, number), row files, loading and saving models,
 # run folders written whole (bs.quiet and bs.load_tokenizer are for eval.py and the notebooks)
-from plumbing import (Parser, StepLog, atomic_dir, check_lengths, check_out_dir, check_writable,  # noqa: F401
-                      fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows, run_dir, run_main,
-                      save_model, save_run, say)
-import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each a no-op in a plain run
+from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, check_out_dir,  # noqa: F401
+                      check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows,
+                      run_dir, run_main, save_model, save_run, say)
+import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
 import toy_world  # the embedded example: toy authors and a tiny model, built offline
 
 # -----------------------------------------------------------------------------------------------------
@@ -96,8 +104,8 @@ def get_args(argv=None):
     p.add_argument("--weight_decay", type=number(float, 0), default=0.01, help="AdamW's, on matrices only")
     p.add_argument("--max_grad_norm", type=positive, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--allow_divergence", action="store_true",
-                   help="train on when the retain term rises by more than a uniform guess over the vocabulary\n"
-                        "costs (ln V nats per answer token); by default the run stops there, saving nothing")
+                   help="train on when the retain term rises by more than ln V nats per answer token (a\n"
+                        "uniform guess over the vocabulary); by default the run stops there, saving nothing")
     # loss weights and the retain term
     p.add_argument("--gamma", type=number(float, 0), default=1.0, help="weight of the forget term")
     p.add_argument("--alpha", type=number(float, 0), default=1.0, help="weight of the retain term (0: none)")
@@ -114,7 +122,7 @@ def get_args(argv=None):
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
     p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
-    p.add_argument("--micro_batch", type=count, default=32, help="sequences per belief forward/backward")
+    p.add_argument("--micro_batch", type=count, default=32, help="BS-S: beliefs per forward+backward chunk")
     # system
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -220,7 +228,7 @@ def collate(examples, pad_id, side="right"):
     mask = torch.tensor(mask)
     batch = dict(input_ids=torch.tensor(ids), labels=torch.tensor(labels), attention_mask=mask,
                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
-    if "ref_logp" in examples[0]:
+    if "ref_logp" in examples[0]:  # NPO: each example's reference log-prob (attach_ref_logps), as a batch
         batch["ref_logps"] = torch.tensor([e["ref_logp"] for e in examples])
     return batch
 
@@ -232,7 +240,7 @@ def make_batch(tok, examples, model):
 
 
 # -----------------------------------------------------------------------------------------------------
-# Log-probs: the one place that shifts and masks
+# Log-probs of the answers: the prompt and the padding masked, the logits shifted (t predicts t+1)
 
 
 def token_logps(logits, labels):
@@ -325,7 +333,8 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
 
 
 def bss_loss(target_loss, belief_loss, lam=0.5):
-    """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default)."""
+    """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default). (train
+    backpropagates the belief term chunk by chunk first, so there it passes belief_loss detached.)"""
     return (1 - lam) * target_loss + lam * belief_loss
 
 
@@ -396,16 +405,22 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     return [outs[j * n:(j + 1) * n] for j in range(len(prompts))]
 
 
+def flatten(beliefs):
+    """Per-example lists of beliefs as one list."""
+    return [b for bs in beliefs for b in bs]
+
+
 def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
     """N sampled answers per forget example, kept per example: beliefs[i] is a list of encoded examples.
     Seeded per (seed, round of sampling, rank). With --bss_keep K, keep the K with the highest mean token
     log-prob."""
-    torch.manual_seed(args.seed * 1000 + sampling_round + 1_000_003 * scaling.rank())  # (rank: 0 in one process)
+    torch.manual_seed(args.seed * 1000 + sampling_round + 1_000_003 * scaling.rank())  # a stream per (seed,
+    # round, rank); rank is 0 in one process
     max_new = args.bss_max_new_tokens or max(len(e["input_ids"]) - e["prompt_len"] for e in forget_examples)
     prompts = [e["input_ids"][:e["prompt_len"]] for e in forget_examples]
     samples = generate(model, tok, prompts, max_new, n=args.bss_n, do_sample=True,
                        temperature=args.bss_temp, batch_size=args.gen_batch_size)
-    beliefs = [[dict(input_ids=p + s, labels=[-100] * len(p) + s, prompt_len=len(p)) for s in ss if s]
+    beliefs = [[dict(input_ids=p + s, labels=[-100] * len(p) + s, prompt_len=len(p)) for s in ss]
                for p, ss in zip(prompts, samples)]
     flat = flatten(beliefs)
     if args.bss_keep and args.bss_keep < args.bss_n:
@@ -419,14 +434,12 @@ def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
 def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0, ref_model=None):
     """sample_beliefs for every forget example (on torchrun's K ranks each samples its share, and all get
     all), with NPO's reference log-probs when the base loss needs them (from ref_model, else the model)."""
-    beliefs = scaling.gather(lambda part: sample_beliefs(model, tok, part, args, sampling_round), forget_examples)
+    def sample(part):
+        return sample_beliefs(model, tok, part, args, sampling_round)
+    beliefs = scaling.gather(sample, forget_examples)
     if needs_ref_logps(args):
         attach_ref_logps(ref_model or model, tok, flatten(beliefs), args.gen_batch_size)
     return beliefs
-
-
-def flatten(beliefs):
-    return [b for bs in beliefs for b in bs]
 
 
 def attach_ref_logps(ref_model, tok, examples, batch_size=64):
@@ -450,7 +463,8 @@ def get_lr(step, total, warmup, lr):
 
 
 def batches(n, batch_size, rng):
-    """Index batches over n examples, epoch after epoch, reshuffled each epoch (whose last may be short)."""
+    """Index batches over n examples, epoch after epoch, reshuffled each epoch (an epoch's last batch may be
+    short)."""
     while True:
         order = rng.sample(range(n), n)
         yield from (order[i:i + batch_size] for i in range(0, n, batch_size))
@@ -469,12 +483,11 @@ def make_optimizer(model, args):
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=fused)
 
 
-def uniform_guess_loss(tok, examples):
-    """The retain term of a model that spreads its mass evenly over the vocabulary: ln V nats per answer
-    token, summed over a mean answer. A run whose retain term rises by more than this has diverged: it now
-    does worse on the retain answers than knowing nothing would, beyond where it started."""
-    n_tokens = sum(len(e["input_ids"]) - e["prompt_len"] for e in examples) / max(1, len(examples))
-    return math.log(len(tok)) * n_tokens
+def belief_round(args, step, micro, micro_per_epoch):
+    """BS-S: which round of beliefs a micro-step trains on: 0 always (sampled once, off-policy), or with
+    --bss_regen R one more round every R epochs (resampled from the model being unlearned)."""
+    epoch = (step * args.grad_accum + micro) / micro_per_epoch
+    return int(epoch // args.bss_regen) if args.bss_regen else 0
 
 
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False,
@@ -488,13 +501,13 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     global_batch = args.batch_size * scaling.world()  # torchrun: K ranks share every batch (K = 1 here)
     micro_per_epoch = math.ceil(len(forget_ex) / global_batch)
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
-    warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak
+    warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak too
     base = args.bss_base if args.method == "bs_s" else args.method  # BS-S applies its base loss (Eq. 7)
     if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step, scored once
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    retain_limit = uniform_guess_loss(tok, retain_ex) if use_retain and not args.allow_divergence else math.inf
+    check = StepCheck(len(tok), retain_ex if use_retain and not args.allow_divergence else [])
     opt = make_optimizer(model, args)
     forget_batches = scaling.shares(batches(len(forget_ex), global_batch, random.Random(args.seed)))
     retain_batches = scaling.shares(batches(len(retain_ex), global_batch, random.Random(args.seed + 1)))
@@ -511,7 +524,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             idx = next(forget_batches)
             target_ex = [forget_ex[i] for i in idx]
             if args.method == "bs_s":  # beliefs: sampled once, or again every --bss_regen epochs
-                r = sampling_round(args, step, micro, micro_per_epoch)
+                r = belief_round(args, step, micro, micro_per_epoch)
                 if r != beliefs_round:
                     beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
             targets = make_batch(tok, target_ex, model)
@@ -521,14 +534,16 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # batch's beliefs in chunks of --micro_batch, each chunk's share of the objective backpropagated
                 # at once so that memory stays flat in N; chunk c weighs w_c = |c| / n, and the w_c sum to 1.
                 lam, L_beliefs = args.bss_lambda, 0.0
-                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (no beliefs: the targets stand in)
-                mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths in a chunk: less padding
-                for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # (K ranks: see there)
+                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (none given: targets stand in)
+                mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
+                for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # w = |chunk| / |mine|
+                    # (on K ranks the weights count every rank's beliefs, and FSDP adds weightless chunks)
                     chunk = make_batch(tok, chunk, model)
                     L_chunk = forget_loss(forward(model, chunk), chunk, base, args)
                     (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
                     L_beliefs += w * L_chunk.detach()
-                L_forget = bss_loss(L_forget, L_beliefs, lam)  # Eq. 7; its belief term is already in .grad
+                # Eq. 7. Its belief term, detached here, is in .grad already; its target term trains below
+                L_forget = bss_loss(L_forget, L_beliefs, lam)
             L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
                 retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
@@ -537,11 +552,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
             forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
             retain += L_retain.detach() / args.grad_accum
-        gnorm = scaling.sync_and_clip(model, args.max_grad_norm)  # (K ranks: gradients averaged first)
+        scaling.sync_grads(model)  # (K ranks: the gradients averaged over them)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         forget, retain, gnorm = scaling.average(forget, retain, gnorm)  # floats (K ranks: their mean)
-        if step == 0:  # diverged: the retain term has risen by more than a uniform guess costs
-            retain_limit += retain
-        check_step(step + 1, forget, retain, gnorm, retain_limit)  # caught before the step is applied
+        check(step + 1, forget, retain, gnorm)  # NaN, inf or a diverging run: stopped before its step
         opt.step()
         opt.zero_grad(set_to_none=True)
         if next(model.parameters()).device.type == "cuda":
@@ -554,23 +568,6 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             show_answers(model, tok, forget_ex[0], retain_ex[0] if retain_ex else None)
     log.close()
     return model
-
-
-def sampling_round(args, step, micro, micro_per_epoch):
-    """BS-S: which round of beliefs a micro-step trains on: 0 always (sampled once, off-policy), or with
-    --bss_regen R one more round every R epochs (resampled from the model being unlearned)."""
-    epoch = (step * args.grad_accum + micro) / micro_per_epoch
-    return int(epoch // args.bss_regen) if args.bss_regen else 0
-
-
-def check_step(step, forget, retain, gnorm, retain_limit):
-    """Stop on a non-finite loss or gradient, or a retain term past `retain_limit` (a diverged run)."""
-    if not all(map(math.isfinite, (forget, retain, gnorm))):
-        fail(f"at step {step} the forget loss is {forget}, the retain loss {retain} and the gradient "
-             f"norm {gnorm}; lower --lr or check the data")
-    if retain > retain_limit:
-        fail(f"at step {step} the run diverged: the retain term is {retain:.4g}, past {retain_limit:.4g} (its start "
-             "plus a uniform guess over the vocabulary); lower --lr, or pass --allow_divergence; nothing saved")
 
 
 def show_answers(model, tok, *examples):
@@ -591,7 +588,9 @@ def main(argv=None):
     if args.model == "toy" and args.data != "toy":
         fail("--model toy only knows the toy data; pass --model for --data tofu")
     forget_rows, retain_rows = load_data(args)
-    model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed) if args.model == "toy" else args.model
+    model_path = args.model
+    if args.model == "toy":
+        model_path = toy_world.toy_model_dir(args.cache_dir, "full", args.seed)
     check_out_dir(args.out_dir, args.overwrite, model_path)
     if args.model == "toy":  # built once and cached (before torchrun's ranks join: all wait for one build)
         toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
@@ -608,9 +607,11 @@ def main(argv=None):
         # the KL retain term, or for NPO's log-probs of beliefs resampled later (see attach_ref_logps)
         kl_retain = args.alpha > 0 and args.retain_loss == "kl"
         keep_ref = kl_retain or (needs_ref_logps(args) and args.bss_regen > 0)
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref and not args.lora_r else None
+        ref_model = None
         if args.lora_r:  # LoRA: only the adapters train, and pi_o is this model with them off (no copy)
             model, ref_model = scaling.lora(model, args, keep_ref)
+        elif keep_ref:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         if args.fsdp:  # torchrun --fsdp: weights, gradients and AdamW state sharded over the ranks
             model, ref_model = scaling.fsdp(model), ref_model and scaling.fsdp(ref_model)
         n_all = sum(p.numel() for p in model.parameters()) / 1e6
@@ -622,7 +623,6 @@ def main(argv=None):
         if out:  # (torchrun: rank 0 writes)
             save_run(model, tok, out, dict(vars(args), model_path=model_path, world_size=scaling.world()))
     say(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
-    scaling.teardown()
 
 
 if __name__ == "__main__":

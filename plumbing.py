@@ -138,7 +138,8 @@ def pick_device(name="auto"):
             fail(f"--device {name}: {build} here; use --device cpu (or auto)")
         if (device.index or 0) >= torch.cuda.device_count():
             fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    has_mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if device.type == "mps" and not has_mps:
         fail(f"--device {name}: no Apple GPU (MPS) here; use --device cpu (or auto)")
     if device.type not in ("cpu", "cuda", "mps"):
         fail(f"--device {name}: not supported; use auto, cuda, cuda:N, mps or cpu")
@@ -235,11 +236,14 @@ def run_problem(path):
             config = json.load(f)
     except (OSError, ValueError):
         return f"has no readable {RUN_CONFIG}"
-    if not isinstance(config, dict) or "method" not in config or not isinstance(config.get("files"), list):
+    if not isinstance(config, dict) or "method" not in config:
         return f"has a {RUN_CONFIG} that bs_unlearn.py did not write"
+    if not isinstance(config.get("files"), list):  # (runs made before run_config.json listed them)
+        return f"holds a run of an older bs_unlearn.py, whose {RUN_CONFIG} lists no files (remove it yourself)"
     others = sorted(set(os.listdir(path)) - set(config["files"]) - {RUN_CONFIG})
     if others:
-        return f"holds files the run did not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+        more = ", ..." if len(others) > 3 else ""
+        return f"holds files the run did not write ({', '.join(others[:3])}{more})"
     return None
 
 
@@ -257,7 +261,8 @@ def check_out_dir(out_dir, overwrite, model_path):
         fail(f"another run is writing to --out_dir {out_dir} now; wait for it or choose another")
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
-            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the run in it, or choose another")
+            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the run in it, or choose "
+                 "another")
         problem = run_problem(out)
         if problem:
             fail(f"--out_dir {out_dir} {problem}: --overwrite replaces only a finished run, so it is left as it "
@@ -460,6 +465,28 @@ class StepLog:
         if self.file:
             self.file.close()
         StepLog.last = None
+
+
+class StepCheck:
+    """Stops a run, before its step is applied, on a non-finite loss or gradient norm, or once it has diverged:
+    its retain term has risen by more than ln V nats per answer token above its first step's, i.e. by more
+    than a uniform guess over the vocabulary would cost. (No retain examples: no divergence check.)"""
+
+    def __init__(self, vocab_size, retain_examples):
+        n = len(retain_examples)
+        tokens = sum(len(e["input_ids"]) - e["prompt_len"] for e in retain_examples) / max(1, n)
+        self.uniform_guess = math.log(vocab_size) * tokens if n else math.inf  # per retain answer, on average
+        self.limit = None
+
+    def __call__(self, step, forget, retain, gnorm):
+        if not all(map(math.isfinite, (forget, retain, gnorm))):
+            fail(f"at step {step} the forget loss is {forget}, the retain loss {retain} and the gradient "
+                 f"norm {gnorm}; lower --lr or check the data")
+        if self.limit is None:
+            self.limit = retain + self.uniform_guess
+        if retain > self.limit:
+            fail(f"at step {step} the run diverged: the retain term is {retain:.4g}, past {self.limit:.4g} (its "
+                 "start plus ln V nats per answer token); lower --lr, or pass --allow_divergence; nothing saved")
 
 
 class _PipeSafe:

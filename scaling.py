@@ -11,6 +11,7 @@ Under FSDP2 every forward and backward is a collective, so all ranks must run th
 helpers keep them in lockstep: `lockstep` (scoring batches), `weighted_chunks` (BS-S's belief chunks), and the
 synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
+import atexit
 import functools
 import os
 
@@ -67,6 +68,7 @@ def setup(device, fsdp=False):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    atexit.register(teardown)
     return device
 
 
@@ -167,13 +169,6 @@ def weighted_chunks(items, size, model):
     return out
 
 
-def sync_and_clip(model, max_norm):
-    """Average the gradients over the ranks (nothing in one process), then clip them to max_norm; returns
-    the norm before clipping."""
-    sync_grads(model)
-    return full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-
-
 def sync_grads(model):
     """Average the gradients over the ranks, once per optimizer step (FSDP2 already did, in backward). Not DDP:
     a step runs a different number of backward passes on each rank (BS-S's belief chunks), which DDP would try
@@ -191,10 +186,12 @@ def sync_grads(model):
 
 
 def average(*values):
-    """Floats, averaged over the ranks (one collective): every rank logs and checks the same numbers."""
+    """Numbers (floats, tensors, FSDP's DTensors) as floats, averaged over the ranks (one collective): every
+    rank logs and checks the same numbers."""
+    values = [float(full_tensor(v)) for v in values]
     if world() == 1:
-        return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_device())
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
     dist.all_reduce(t)
     return (t / world()).tolist()
 

@@ -445,13 +445,13 @@ def another_writer(monkeypatch, places):
 
 
 def interrupted_in_step_2(monkeypatch):
-    real = bs.check_step
+    real = plumbing.StepCheck.__call__
 
-    def check_step(step, *args):
+    def check(self, step, *args):  # Ctrl-C while step 2 runs
         if step == 2:
             raise KeyboardInterrupt
-        return real(step, *args)
-    monkeypatch.setattr(bs, "check_step", check_step)
+        return real(self, step, *args)
+    monkeypatch.setattr(plumbing.StepCheck, "__call__", check)
 
 
 def long_answer_rows(monkeypatch, places):
