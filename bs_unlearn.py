@@ -7,15 +7,16 @@ but the mass they remove is *squeezed* into the model's own high-likelihood reph
 so the fact survives in other words. Bootstrapping (BS) also pushes down the model's beliefs:
 BS-T at token level (its own top-k next tokens as soft targets), BS-S at sequence level (its own sampled
 answers). Read top to bottom: config -> data -> log-probs -> objectives -> belief sampling -> training
-loop -> main. Three files hold what is not the method: toy_world.py, the embedded example (fictitious
+loop -> main. What is not the method lives beside it: toy_world.py, the embedded example (fictitious
 authors and a tiny model that memorises them, built offline); plumbing.py (errors, files, models, run
-folders); scaling.py (many processes through torchrun, LoRA adapters through peft).
+folders); scaling.py (many processes through torchrun, LoRA adapters through peft); bf16_adamw.py (AdamW
+for bf16 weights). eval.py measures the result.
 
 The method in one screen (every objective is minimised; log pi(y|x) sums the answer tokens' log-probs):
     L = gamma * L_forget(forget set D_u) + alpha * L_retain(retain set D_r)      L_retain: NLL, or KL to pi_o
     GA   (Eq. 1)    L_forget = E[log pi_theta(y|x)]
     NPO  (Eq. 3)    L_forget = (2/beta) E[log(1 + (pi_theta(y|x) / pi_o(y|x))^beta)],  pi_o = the frozen start
-    BS-T (Eqs. 5-6) GA on soft targets: lam * (the model's own top-k next tokens) + (1 - lam) * (the answer)
+    BS-T (Eqs. 5-6) GA on soft targets: lam * (the current model's top-k next tokens) + (1 - lam) * (answer)
     BS-S (Eq. 7)    L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j), L = a base loss above and
                     belief_j = the model's own sampled answers to the forget questions ("beliefs")
 
@@ -46,11 +47,11 @@ Deviations from the paper and its public code:
    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
 8. On K ranks a global batch that K does not divide is padded with repeats (as DistributedSampler does), and
    each rank samples beliefs for its own share of the forget set, so they differ from a 1-process run's.
-9. A run whose retain term rises by more than ln V nats per answer token (the cost of a uniform guess over
-   the vocabulary) has diverged: it stops instead of saving a broken model; `--allow_divergence` trains on.
+9. A run whose retain term rises above its first step's by more than ln V nats per answer token (the cost
+   of a uniform guess over the vocabulary) has diverged: it stops instead of saving a broken model.
 """
 import copy
-import json
+import functools
 import math
 import os
 import random
@@ -60,7 +61,8 @@ import torch
 import torch.nn.functional as F
 
 # not the method: one-line errors (also for bad flags: Parser, number), row files, loading and saving models,
-# run folders written whole (bs.quiet and bs.load_tokenizer are for eval.py and the notebooks)
+# run folders written whole (atomic_dir, check_writable, load_tokenizer, quiet, save_model: for eval.py,
+# the notebooks and the tests, as bs.<name>)
 from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, check_out_dir,  # noqa: F401
                       check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows,
                       run_dir, run_main, save_model, save_run, say)
@@ -434,9 +436,8 @@ def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
 def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0, ref_model=None):
     """sample_beliefs for every forget example (on torchrun's K ranks each samples its share, and all get
     all), with NPO's reference log-probs when the base loss needs them (from ref_model, else the model)."""
-    def sample(part):
-        return sample_beliefs(model, tok, part, args, sampling_round)
-    beliefs = scaling.gather(sample, forget_examples)
+    sample = functools.partial(sample_beliefs, model, tok, args=args, sampling_round=sampling_round)
+    beliefs = scaling.gather(sample, forget_examples)  # in one process: sample(forget_examples)
     if needs_ref_logps(args):
         attach_ref_logps(ref_model or model, tok, flatten(beliefs), args.gen_batch_size)
     return beliefs
@@ -532,9 +533,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             if args.method == "bs_s":
                 # Eq. 7: L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j). The mean runs over this
                 # batch's beliefs in chunks of --micro_batch, each chunk's share of the objective backpropagated
-                # at once so that memory stays flat in N; chunk c weighs w_c = |c| / n, and the w_c sum to 1.
+                # at once so that memory stays flat in N; chunk c weighs w_c = |c| / |mine|: the w_c sum to 1.
                 lam, L_beliefs = args.bss_lambda, 0.0
-                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (none given: targets stand in)
+                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (only if given none: targets)
                 mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
                 for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # w = |chunk| / |mine|
                     # (on K ranks the weights count every rank's beliefs, and FSDP adds weightless chunks)
@@ -548,7 +549,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             if use_retain:
                 retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
                 L_retain = retain_loss(forward(model, retain_batch), retain_batch, args, ref_model)
-            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
+            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective (BS-S: minus what is in .grad)
             (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
             forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
             retain += L_retain.detach() / args.grad_accum
@@ -596,7 +597,8 @@ def main(argv=None):
         toy_world.ensure_toy_models(args.cache_dir, args.forget_split, args.seed, with_retain=False)
     device = scaling.setup(pick_device(args.device), args.fsdp)  # (torchrun: join the process group)
     t0 = time.time()
-    with run_dir(args.out_dir, args.overwrite) as out:  # the run appears at --out_dir only once it is complete
+    # the run appears at --out_dir only once it is complete (torchrun: rank 0 writes; the others get None)
+    with run_dir(args.out_dir, args.overwrite) as out:
         model, tok = load_model(model_path, device, args.dtype, args.system_prompt, args.date_string)
         args.date_string = tok.date_string  # a template that prints a date got today's: it is saved below
         forget_ex, retain_ex = encode_rows(tok, forget_rows), encode_rows(tok, retain_rows)
