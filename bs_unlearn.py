@@ -524,16 +524,14 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         for micro in range(args.grad_accum):
             idx = next(forget_batches)
             target_ex = [forget_ex[i] for i in idx]
-            if args.method == "bs_s":  # beliefs: sampled once, or again every --bss_regen epochs
-                r = belief_round(args, step, micro, micro_per_epoch)
+            if args.method == "bs_s":
+                r = belief_round(args, step, micro, micro_per_epoch)  # once, or again every --bss_regen epochs
                 if r != beliefs_round:
                     beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
-            targets = make_batch(tok, target_ex, model)
-            L_forget = forget_loss(forward(model, targets), targets, base, args)
-            if args.method == "bs_s":
-                # Eq. 7: L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j). The mean runs over this
-                # batch's beliefs in chunks of --micro_batch, each chunk's share of the objective backpropagated
-                # at once so that memory stays flat in N; chunk c weighs w_c = |c| / |mine|: the w_c sum to 1.
+                # Eq. 7: L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j). The belief term first, as
+                # nothing else holds activations yet: the mean runs over this batch's beliefs in chunks of
+                # --micro_batch, each chunk's share of the objective backpropagated at once, so memory stays
+                # flat in N; chunk c weighs w_c = |c| / |mine|, and the w_c sum to 1.
                 lam, L_beliefs = args.bss_lambda, 0.0
                 mine = [b for i in idx for b in beliefs[i]] or target_ex  # (only if given none: targets)
                 mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
@@ -543,7 +541,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                     L_chunk = forget_loss(forward(model, chunk), chunk, base, args)
                     (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
                     L_beliefs += w * L_chunk.detach()
-                # Eq. 7. Its belief term, detached here, is in .grad already; its target term trains below
+            targets = make_batch(tok, target_ex, model)
+            L_forget = forget_loss(forward(model, targets), targets, base, args)
+            if args.method == "bs_s":  # Eq. 7. Its belief term, detached here, is in .grad already
                 L_forget = bss_loss(L_forget, L_beliefs, lam)
             L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
