@@ -764,9 +764,9 @@ for ax, s in zip(axes, SEEDS):
     ax.set_xlabel("retained utility (higher is better)")
 axes[0].set_ylabel("fact leak on the 64 forget questions\n(lower is better)")
 axes[0].legend(fontsize=8, loc="lower left")
-fig.suptitle("Leak against utility along each run. Notice: within a seed the four methods follow nearly the "
-             "same path, and end far\nfrom the retain-only model; the seeds differ more than the methods do.",
-             fontsize=11)
+fig.suptitle("Leak against utility along each run. Notice: within a seed the four methods follow similar "
+             "paths, and end far\nfrom the retain-only model; the seed moves GA, NPO and BS-T more than the "
+             "choice among them does.", fontsize=11)
 fig.tight_layout()
 show(fig)
 
@@ -785,6 +785,10 @@ within = per_seed(lambda s: np.ptp([runs[m, s]["evals"][40]["fact_leak"] for m i
 between = {m: np.ptp(final[m, "fact_leak"]) for m in METHODS}
 print(f"largest gap between two methods within a seed: {within.max():.2f}; the smallest range of one method "
       f"over the seeds: {min(between.values()):.2f}")
+GRADIENT_ASCENT_FAMILY = ["ga", "npo", "bs_t"]  # BS-S aside: its gap to them is what changes most with the seed
+within_family = per_seed(lambda s: np.ptp([runs[m, s]["evals"][40]["fact_leak"] for m in GRADIENT_ASCENT_FAMILY]))
+print(f"GA, NPO and BS-T alone: largest gap within a seed {within_family.max():.2f}; smallest range over the "
+      f"seeds {min(between[m] for m in GRADIENT_ASCENT_FAMILY):.2f}")
 rebound = {m: max(max(runs[m, s]["evals"][t]["mu"] for t in CKPTS[i:]) - runs[m, s]["evals"][CKPTS[i - 1]]["mu"]
                   for s in SEEDS for i in range(1, len(CKPTS))) for m in METHODS}
 print("largest recovery of utility after a checkpoint, over all seeds: "
@@ -795,8 +799,10 @@ claim("every method ends below its starting utility, in every seed, with a leak 
       "model's by over 0.1 in every seed and by over 0.25 on average",
       all((final[m, "mu"] < start_mu).all() and (final[m, "fact_leak"] > ref_leak + 0.1).all() and
           (final[m, "fact_leak"] - ref_leak).mean() > 0.25 for m in METHODS))
-claim("the seeds differ more than the methods: each method's leak varies more over the seeds than any two "
-      "methods differ within a seed", min(between.values()) > within.max())
+claim("the seed moves GA, NPO and BS-T more than the choice among them: each of the three varies more over "
+      "the seeds than any two of them differ within a seed",
+      min(between[m] for m in GRADIENT_ASCENT_FAMILY) > within_family.max())
+claim("every method's leak varies by over 0.1 across the seeds", min(between.values()) > 0.1)
 claim("NPO ends within 0.1 of GA's leak and 0.03 of its utility, in every seed",
       (abs(diff["npo"]) < 0.1).all() and (abs(final["npo", "mu"] - final["ga", "mu"]) < 0.03).all())
 claim("BS-T ends with a higher mean leak than GA (by over 0.03) and a higher mean utility (by over 0.005)",
@@ -827,8 +833,11 @@ print(f"\nthis notebook ran in {time.time() - t_start:.0f} s")
 # * BS-T trails GA along the same path (on average a little more leak, a little more utility), and section
 #   1 says why: with the default $\lambda = 0.2$ and temperature 1 its gradient at each position is GA's
 #   scaled by 0.8, so it acts as GA with a lighter forget term. NPO is nearly GA (section 2 says why).
-# * The seed (which starting model, which batch order, which samples) moves the leak more than the choice of
-#   method does. A single-seed table of these four methods, on this model, says little about their ranking.
+# * The seed (which starting model, which batch order, which samples) moves the leak a lot: every method's
+#   leak ranges over more than 0.1 across the three seeds, and GA's, NPO's and BS-T's vary more over the
+#   seeds than they differ from each other within one. Where BS-S lands among them changes with the seed,
+#   and with the CPU. A single-seed table of these four methods, on this model, says little about their
+#   ranking.
 #
 # That BS-S does not clearly win here is not at odds with the paper, whose margins are modest even at 1B
 # parameters (TOFU forget10, Llama-3.2-1B: Agg 0.61 for BS-S against 0.58 for NPO). An earlier version of

@@ -258,7 +258,7 @@ claim("BS-T with lambda = 0 is exactly GA", torch.isclose(bst0, ga, atol=1e-5))
 # code reused the first batch's samples for every batch). `bs.forget_loss(logits, batch, method, args)` is
 # the forget term of any method on one batch; BS-S applies its base method (`args.bss_base`) to the targets
 # and to the beliefs, and `bs.bss_loss` is the weighted sum. The training loop computes the same sum
-# micro-batch by micro-batch, so memory does not grow with $N$.
+# micro-batch by micro-batch, so memory does not grow with $N$ (section 6 checks that it is the same).
 
 # %%
 bss_args = bs.get_args(["--method", "bs_s"])
@@ -304,7 +304,147 @@ for method in ["finetune", "ga", "npo", "bs_t"]:
 print("   (bs_s: its base's value on the targets, mixed with the same on the beliefs, as in 5.4)")
 
 # %% [markdown]
-# ## 6. A short training run
+# ## 6. The training loop: one micro-step
+#
+# `bs.train` minimises the objective of section 5,
+#
+# $$L = \gamma\, L_{\text{forget}} + \alpha\, L_{\text{retain}},$$
+#
+# with AdamW. One optimizer step is `--grad_accum` micro-steps. Each micro-step pairs a forget batch with a
+# retain batch, computes the two terms, writes `loss = args.gamma * L_forget + args.alpha * L_retain`, and
+# calls `(loss / args.grad_accum).backward()` on the next line. Gradients add up in `.grad`, so after the
+# last micro-step `.grad` holds the mean of the micro-steps' gradients; `opt.step()` applies it (after
+# clipping). For GA, NPO and BS-T, that one `.backward()` is all there is.
+#
+# ### 6.1 BS-S: the beliefs go through in chunks
+#
+# For BS-S the forget term is Eq. 7,
+#
+# $$L_{\text{forget}} = (1 - \lambda)\, L(\text{targets}) + \lambda\, \frac{1}{n} \sum_{j=1}^{n}
+# L(\hat y_j),$$
+#
+# with $L$ the base loss (BS-T) and the $n$ beliefs those of the batch's forget examples ($N$ each). One
+# forward over all $n$ beliefs would keep the activations of $n$ sequences until the backward, so memory
+# would grow with $N$ (the paper's authors ran out of it at $N = 10$). So `train` sorts the beliefs by
+# length (less padding in a chunk), cuts them into chunks of at most `--micro_batch`, and backpropagates
+# each chunk $c$ at once, with weight
+#
+# $$\frac{\gamma\, \lambda\, w_c}{\text{grad\_accum}}, \qquad w_c = \frac{|c|}{n}, \qquad \sum_c w_c = 1.$$
+#
+# A chunk's backward frees its activations before the next chunk's forward, so the beliefs never hold more
+# than one chunk's activations at a time, whatever $N$ is. `train` runs the chunks first, before the
+# targets' and the retain batch's forwards, so no other activations are held while they run. The base loss of a chunk is a mean over its sequences, so weighing it by its share $|c| / n$
+# gives the mean over all $n$ beliefs: $\sum_c w_c\, L(c)$ is Eq. 7's belief term, and the chunks'
+# gradients add up to its gradient. (A plain mean of the chunks' losses would not be, when the last chunk
+# is smaller.)
+#
+# Each chunk also adds `w * L_chunk.detach()` to `L_beliefs`. Then `bs.bss_loss(L_forget, L_beliefs, lam)`
+# mixes the targets' term with this detached belief term, as Eq. 7 does. Its value is Eq. 7's, so the
+# `forget` that the log shows is the real forget term. But no gradient flows through the detached part:
+# the final `.backward()` adds the gradients of the targets' term and of the retain term, since the
+# beliefs' gradient is already in `.grad`.
+#
+# The chunks come from `scaling.weighted_chunks`. `scaling.py` is where the distributed code lives, and
+# `train` reaches it through a few marked calls: this rank's share of each batch, the chunks' weights, the
+# gradients' average over the ranks before clipping, and the logged numbers' average. Under torchrun, $n$
+# counts every rank's beliefs and each rank's weights sum to $K$, the number of ranks, because the ranks'
+# gradients are averaged; under FSDP, extra chunks of weight 0 keep the ranks in step. A plain
+# `python bs_unlearn.py` run passes through none of that: in one process each batch stays whole, the
+# weights sum to 1, and nothing is averaged.
+#
+# The check below asks `weighted_chunks` for the chunks of 4 forget examples' beliefs (sampled in section
+# 5.4). Three flags move from their defaults, so that no factor of a chunk's weight is 1: `--micro_batch 5`
+# (chunks of unequal size), `--grad_accum 2` and `--gamma 0.5`.
+
+# %%
+import scaling
+
+step_args = bs.get_args(["--method", "bs_s", "--micro_batch", "5", "--grad_accum", "2", "--gamma", "0.5"])
+idx = [0, 1, 2, 3]  # the forget examples of one batch
+mine = sorted([b for i in idx for b in beliefs[i]], key=lambda b: len(b["input_ids"]))  # as train sorts them
+chunks = scaling.weighted_chunks(mine, step_args.micro_batch, base)
+total_weight = sum(w for _, w in chunks)
+print(f"{len(mine)} beliefs in chunks of at most {step_args.micro_batch}: "
+      f"sizes {[len(c) for c, _ in chunks]}, weights {[round(w, 4) for _, w in chunks]}, sum {total_weight}")
+claim("in one process the chunk weights sum to 1", abs(total_weight - 1) < 1e-12)
+
+# %% [markdown]
+# ### 6.2 Check: the chunks leave the gradient of Eq. 7
+#
+# Now one BS-S micro-step, run the way `train` runs it: `bss_micro_step` below holds the lines of `train`'s
+# micro-step, with the same calls, and runs them on a fresh copy of the starting model (4 forget examples,
+# their beliefs, 4 retain examples). Then the same objective in one graph, on a second copy: Eq. 7 with all
+# the beliefs in one batch, plus the retain term, and a single `.backward()`. The gradient of a sum is the
+# sum of the gradients, so the two `.grad`s should agree up to float rounding: the chunks change the order
+# of the additions, not what is added. The check runs in fp32 on the CPU (on a GPU, `bs.forward` computes
+# in bf16).
+
+# %%
+retain_ex = bs.encode_rows(tok, retain_rows)
+r_idx = [0, 1, 2, 3]  # the retain examples paired with this forget batch
+
+
+def bss_micro_step(model, idx, r_idx, args):
+    """One micro-step of bs.train for BS-S with a retain term, as train writes it. Leaves the gradient in
+    the model's .grad; returns the two terms as logged, and each chunk's weight and loss."""
+    base_method = args.bss_base  # (train calls it `base`; in this notebook `base` is the starting model)
+    target_ex = [forget_ex[i] for i in idx]
+    lam, L_beliefs, parts = args.bss_lambda, 0.0, []
+    mine = [b for i in idx for b in beliefs[i]] or target_ex
+    mine = sorted(mine, key=lambda b: len(b["input_ids"]))
+    for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):
+        chunk = bs.make_batch(tok, chunk, model)
+        L_chunk = bs.forget_loss(bs.forward(model, chunk), chunk, base_method, args)
+        (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
+        L_beliefs += w * L_chunk.detach()
+        parts.append((w, L_chunk.item()))
+    targets = bs.make_batch(tok, target_ex, model)
+    L_forget = bs.forget_loss(bs.forward(model, targets), targets, base_method, args)
+    L_forget = bs.bss_loss(L_forget, L_beliefs, lam)
+    retain_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], model)
+    L_retain = bs.retain_loss(bs.forward(model, retain_batch), retain_batch, args)
+    loss = args.gamma * L_forget + args.alpha * L_retain
+    (loss / args.grad_accum).backward()
+    return L_forget.item(), L_retain.item(), parts
+
+
+def flat_grad(model):
+    """Every parameter's .grad, in one vector."""
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+fp32_start = copy.deepcopy(base).cpu().train()  # the starting model in fp32 on the CPU, in train mode as train
+chunked = copy.deepcopy(fp32_start)
+L_forget, L_retain, parts = bss_micro_step(chunked, idx, r_idx, step_args)
+grad_chunked = flat_grad(chunked)
+
+one_graph = copy.deepcopy(fp32_start)  # Eq. 7 as written: all beliefs in one batch, one backward
+t_batch = bs.make_batch(tok, [forget_ex[i] for i in idx], one_graph)
+b_batch = bs.make_batch(tok, [b for i in idx for b in beliefs[i]], one_graph)
+r_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], one_graph)
+L_targets = bs.forget_loss(bs.forward(one_graph, t_batch), t_batch, step_args.bss_base, step_args)
+L_all_beliefs = bs.forget_loss(bs.forward(one_graph, b_batch), b_batch, step_args.bss_base, step_args)
+eq7 = bs.bss_loss(L_targets, L_all_beliefs, step_args.bss_lambda)
+L_r = bs.retain_loss(bs.forward(one_graph, r_batch), r_batch, step_args)
+objective = step_args.gamma * eq7 + step_args.alpha * L_r
+(objective / step_args.grad_accum).backward()
+grad_one = flat_grad(one_graph)
+
+print("chunks' base losses (and weights):", ", ".join(f"{l:.4f} ({w:.4f})" for w, l in parts))
+print(f"belief term: the chunks weighted by |c| / n {sum(w * l for w, l in parts):.4f}; "
+      f"all beliefs in one batch {L_all_beliefs.item():.4f}; "
+      f"a plain mean of the chunks would give {np.mean([l for _, l in parts]):.4f}")
+print(f"forget term: as the micro-step logs it {L_forget:.6f}; Eq. 7 in one graph {eq7.item():.6f}")
+diff, scale = (grad_chunked - grad_one).abs().max().item(), grad_one.abs().max().item()
+print(f"gradient ({grad_one.numel()} numbers): largest |difference| {diff:.2e}, largest |entry| {scale:.2e}, "
+      f"ratio {diff / scale:.1e}")
+claim("the forget term that the micro-step logs is Eq. 7's value",
+      abs(L_forget - eq7.item()) < 1e-5 * abs(eq7.item()))
+claim("the gradient the chunked micro-step leaves in .grad is that of Eq. 7's objective in one graph "
+      "(largest difference under 1e-5 of its largest entry)", diff < 1e-5 * scale)
+
+# %% [markdown]
+# ## 7. A short training run
 #
 # `bs.train(model, tok, forget_ex, retain_ex, args)` runs AdamW with a linear warmup and decay. Each step
 # pairs a forget batch (for BS-S: the targets, then their beliefs in micro-batches) with a retain batch, and
@@ -362,7 +502,7 @@ claim("the forget term is lower and the retain term higher in the last 10 steps 
       f_last < f_first and r_last > r_first)
 
 # %% [markdown]
-# ## 7. The evaluation table, on three seeds
+# ## 8. The evaluation table, on three seeds
 #
 # `eval.py` scores any in-memory model: `evaluate(model, tok, data, beliefs)`. Below, the same table that
 # `python eval.py runs/ga runs/npo runs/bs_t runs/bs_s` prints, for the starting model, the retain-only model
