@@ -98,7 +98,8 @@ def get_args(argv=None):
                         "(a folder holding anything else is never replaced)")
     # optimisation (defaults: the embedded toy example on a CPU; see the docstring for TOFU)
     p.add_argument("--epochs", type=positive, default=10, help="passes over the forget set (may be fractional)")
-    p.add_argument("--batch_size", type=count, default=16, help="forget examples per micro-step (torchrun: per GPU)")
+    p.add_argument("--batch_size", type=count, default=16,
+                   help="forget examples per micro-step (torchrun: per GPU)")
     p.add_argument("--grad_accum", type=count, default=1, help="micro-steps per optimizer step")
     p.add_argument("--lr", type=positive, default=3e-4,  # toy: 1e-4 forgets nothing, 5e-4 wrecks retain
                    help="peak learning rate of AdamW")
