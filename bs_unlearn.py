@@ -23,13 +23,7 @@ The method in one screen (every objective is minimised; log pi(y|x) sums the ans
 Run (fully offline; the first run builds and caches a tiny model on generated data, ~1 min on 2 CPU cores):
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
-TOFU on a GPU (paper settings):
-    python bs_unlearn.py --data tofu --forget_split forget10 --method bs_s \
-        --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full --lr 1e-5 --epochs 10 \
-        --batch_size 8 --grad_accum 4 --warmup_epochs 1 --weight_decay 0.01
-On K GPUs (data-parallel; --fsdp also shards weights, grads and AdamW state), --batch_size is per GPU:
-    torchrun --standalone --nproc_per_node=4 bs_unlearn.py ... --batch_size 2 --grad_accum 4 [--fsdp]
-LoRA adapters, merged into the saved model (--save_adapter keeps them alone too): ... --lora_r 16 --lr 1e-4
+TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
 
 Deviations from the paper and its public code:
 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
@@ -45,9 +39,7 @@ Deviations from the paper and its public code:
 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
-8. On K ranks a global batch that K does not divide is padded with repeats (as DistributedSampler does), and
-   each rank samples beliefs for its own share of the forget set, so they differ from a 1-process run's.
-9. A run whose retain term rises above its first step's by more than ln V nats per answer token (the cost
+8. A run whose retain term rises above its first step's by more than ln V nats per answer token (the cost
    of a uniform guess over the vocabulary) has diverged: it stops instead of saving a broken model.
 """
 import copy

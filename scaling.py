@@ -5,7 +5,10 @@ LoRA adapters through peft. Without torchrun and without --lora_r nothing here d
 
 Data parallel, as bs_unlearn.py uses it: every rank draws the same global batch (the same seeded order) and
 takes its own share, gradients are averaged once per optimizer step (one all-reduce per parameter, or FSDP2's
-reduce-scatter in each backward), so K ranks at --batch_size b step like one process at K * b.
+reduce-scatter in each backward), so K ranks at --batch_size b step like one process at K * b. Two
+differences from one process: a global batch that K does not divide is padded with repeats (as
+DistributedSampler does), and each rank samples BS-S's beliefs for its own share of the forget set, so
+they differ from a 1-process run's.
 
 Under FSDP2 every forward and backward is a collective, so all ranks must run the same number of them. Three
 helpers keep them in lockstep: `lockstep` (scoring batches), `weighted_chunks` (BS-S's belief chunks), and the
