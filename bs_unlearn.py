@@ -284,7 +284,7 @@ def score(model, tok, examples, batch_size=64):
         out["n_correct"].append((hit & mask).sum(-1))
         out["n_suffix"].append((tail & mask).sum(-1))
     model.train(was_training)
-    return {k: torch.cat(v).cpu()[:len(examples)] for k, v in out.items()}
+    return {k: torch.cat(v).cpu()[:len(examples)] for k, v in out.items()}  # (FSDP's extra forwards dropped)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -409,8 +409,8 @@ def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
     """N sampled answers per forget example, kept per example: beliefs[i] is a list of encoded examples.
     Seeded per (seed, round of sampling, rank). With --bss_keep K, keep the K with the highest mean token
     log-prob."""
-    torch.manual_seed(args.seed * 1000 + sampling_round + 1_000_003 * scaling.rank())  # a stream per (seed,
-    # round, rank); rank is 0 in one process
+    # one random stream per (seed, round of sampling, rank); the rank is 0 in one process
+    torch.manual_seed(args.seed * 1000 + sampling_round + 1_000_003 * scaling.rank())
     max_new = args.bss_max_new_tokens or max(len(e["input_ids"]) - e["prompt_len"] for e in forget_examples)
     prompts = [e["input_ids"][:e["prompt_len"]] for e in forget_examples]
     samples = generate(model, tok, prompts, max_new, n=args.bss_n, do_sample=True,
@@ -526,7 +526,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # --micro_batch, each chunk's share of the objective backpropagated at once, so memory stays
                 # flat in N; chunk c weighs w_c = |c| / |mine|, and the w_c sum to 1.
                 lam, L_beliefs = args.bss_lambda, 0.0
-                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (only if given none: targets)
+                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (empty only if handed empty lists)
                 mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
                 for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # w = |chunk| / |mine|
                     # (on K ranks the weights count every rank's beliefs, and FSDP adds weightless chunks)
@@ -536,13 +536,13 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                     L_beliefs += w * L_chunk.detach()
             targets = make_batch(tok, target_ex, model)
             L_forget = forget_loss(forward(model, targets), targets, base, args)
-            if args.method == "bs_s":  # Eq. 7. Its belief term, detached here, is in .grad already
-                L_forget = bss_loss(L_forget, L_beliefs, lam)
+            if args.method == "bs_s":  # Eq. 7; note: its belief term, detached here, is in .grad already, so
+                L_forget = bss_loss(L_forget, L_beliefs, lam)  # the backward below adds the rest of the gradient
             L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
                 retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
                 L_retain = retain_loss(forward(model, retain_batch), retain_batch, args, ref_model)
-            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective (BS-S: minus what is in .grad)
+            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective (BS-S: see the note above)
             (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
             forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
             retain += L_retain.detach() / args.grad_accum
