@@ -279,12 +279,15 @@ def _temp_prefix(path):
     return f".{os.path.basename(path)}.tmp-"
 
 
+NO_LOCK = -1  # where there is no fcntl (Windows): folders are still written whole, but not locked
+
+
 def _lock(path, wait=True):
     """An open descriptor of the folder at `path` holding its exclusive lock, or None if another process
     holds it (wait=False). The lock goes when the descriptor is closed or its process ends, however it ends."""
-    fd = os.open(path, os.O_RDONLY)
     if fcntl is None:
-        return fd
+        return NO_LOCK
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
@@ -293,19 +296,26 @@ def _lock(path, wait=True):
     return fd
 
 
+def _unlock(fd):
+    if fd != NO_LOCK:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _locked(folder):
     fd = _lock(folder)
     try:
         yield
     finally:
-        os.close(fd)
+        _unlock(fd)
 
 
 def writer_of(path, clean=False):
     """The temporary folder of a live process writing `path` (None if there is none). With clean=True the
     folders that dead ones left are removed: a temporary folder no live process locks, and an old run moved
     aside for a swap that never finished (put back when `path` is missing, else removed: it was replaced)."""
+    if fcntl is None:  # no locks: a live writer cannot be told from a dead one, so nothing is touched
+        return None
     live = None
     for tmp in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(path)), _temp_prefix(path) + "*"))):
         if tmp.endswith(".old"):
@@ -322,7 +332,7 @@ def writer_of(path, clean=False):
             if clean:
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
-            os.close(fd)
+            _unlock(fd)
     return live
 
 
@@ -374,7 +384,7 @@ def atomic_dir(path, replace=None, write=True):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        os.close(fd)
+        _unlock(fd)
     shutil.rmtree(old, ignore_errors=True)
 
 
