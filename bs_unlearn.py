@@ -618,6 +618,7 @@ def main(argv=None):
         if out:  # (torchrun: rank 0 writes)
             save_run(model, tok, out, dict(vars(args), model_path=model_path, world_size=scaling.world()))
     say(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
+    scaling.teardown()  # (torchrun: leave the process group before exit; at exit it can abort)
 
 
 if __name__ == "__main__":

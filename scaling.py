@@ -14,7 +14,6 @@ Under FSDP2 every forward and backward is a collective, so all ranks must run th
 helpers keep them in lockstep: `lockstep` (scoring batches), `weighted_chunks` (BS-S's belief chunks), and the
 synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
-import atexit
 import functools
 import os
 
@@ -71,7 +70,6 @@ def setup(device, fsdp=False):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    atexit.register(teardown)
     return device
 
 
