@@ -324,7 +324,9 @@ def writer_of(path, clean=False):
             elif clean:
                 shutil.rmtree(tmp, ignore_errors=True)
             continue
-        fd = _lock(tmp, wait=False) if os.path.isdir(tmp) else None
+        if not os.path.isdir(tmp):  # (a file of that name is nobody's run: left alone)
+            continue
+        fd = _lock(tmp, wait=False)
         if fd is None:
             live = live or tmp
             continue

@@ -619,3 +619,20 @@ def test_two_runs_into_one_folder_at_once(toy_cache, tmp_path):
     assert len(refused.splitlines()) == 1 and refused.startswith("error:"), refused
     assert "another run" in refused or "not empty" in refused  # (which one depends on who gets there first)
     assert plumbing.run_problem(str(out)) is None and leftovers(tmp_path) == []
+
+
+def test_a_file_named_like_a_hidden_run_folder_blocks_nothing(toy_cache, tmp_path):
+    (tmp_path / ".run.tmp-notes").write_text("mine")  # a file, not a run's folder: neither a writer nor removed
+    bs.main(quick_run(toy_cache, tmp_path / "run"))
+    assert plumbing.run_problem(str(tmp_path / "run")) is None
+    assert (tmp_path / ".run.tmp-notes").read_text() == "mine"
+
+
+def test_toy_world_encodes_as_bs_unlearn_does(toy_cache):
+    """toy_world trains its model with its own short loop and encoder (it must not import bs_unlearn); its
+    examples must stay token for token what bs_unlearn.encode makes of the same rows."""
+    tok = bs.load_tokenizer(toy_cache[1])
+    for row in toy_world.make_toy_data()[:40]:
+        mine = bs.encode(tok, row["question"], row["answer"])
+        theirs = toy_world.encode(tok, row["question"], row["answer"])
+        assert theirs == dict(input_ids=mine["input_ids"], labels=mine["labels"])
