@@ -19,9 +19,12 @@ The method in one screen (every objective is minimised; log pi(y|x) sums the ans
     BS-T (Eqs. 5-6) GA on soft targets: lam * (the current model's top-k next tokens) + (1 - lam) * (answer)
     BS-S (Eq. 7)    L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j), L = a base loss above and
                     belief_j = the model's own sampled answers to the forget questions ("beliefs")
+The other rows of the paper's Table 1, for comparison: WGA (its Eq. 4: GA with each token's log-prob weighted
+by its probability), SimNPO (NPO without a reference, length-normalised) and RMU (hidden states), in
+baselines.py.
 
 Run (fully offline; the first run builds and caches a tiny model on generated data, ~1 min on 2 CPU cores):
-    python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, finetune
+    python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, wga, simnpo, rmu, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
 TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
 
@@ -58,13 +61,14 @@ import torch.nn.functional as F
 from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, check_out_dir,  # noqa: F401
                       check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows,
                       run_dir, run_main, save_model, save_run, say)
+import baselines  # the other rows of the paper's Table 1: WGA, SimNPO, RMU
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
 import toy_world  # the embedded example: toy authors and a tiny model, built offline
 
 # -----------------------------------------------------------------------------------------------------
 # Config
 
-METHODS = ["ga", "npo", "bs_t", "bs_s", "finetune"]
+METHODS = ["ga", "npo", "bs_t", "bs_s", "wga", "simnpo", "rmu", "finetune"]  # wga, simnpo, rmu: baselines
 
 
 def get_args(argv=None):
@@ -102,22 +106,33 @@ def get_args(argv=None):
                    help="train on when the retain term rises by more than ln V nats per answer token (a\n"
                         "uniform guess over the vocabulary); by default the run stops there, saving nothing")
     # loss weights and the retain term
-    p.add_argument("--gamma", type=number(float, 0), default=1.0, help="weight of the forget term")
+    p.add_argument("--gamma", type=number(float, 0), default=None,
+                   help="weight of the forget term (default: 1; SimNPO 0.125, as open-unlearning)")
     p.add_argument("--alpha", type=number(float, 0), default=1.0, help="weight of the retain term (0: none)")
-    p.add_argument("--retain_loss", default="nll", choices=["nll", "kl"], help="NLL or KL(pi_o || pi_theta)")
+    p.add_argument("--retain_loss", default=None, choices=["nll", "kl", "embed"],
+                   help="NLL, KL(pi_o || pi_theta), or embed: RMU's distance to pi_o's hidden states\n"
+                        "(default: embed for RMU, nll otherwise)")
     # objectives
     p.add_argument("--npo_beta", type=positive, default=0.1, help="NPO's inverse temperature beta")
     p.add_argument("--bst_topk", type=count, default=20, help="BS-T: the model's k most likely next tokens")
     p.add_argument("--bst_lambda", type=fraction, default=0.2, help="weight of the model's top-k beliefs")
     p.add_argument("--bst_temp", type=positive, default=1.0, help="temperature of the top-k beliefs")
     p.add_argument("--bss_lambda", type=fraction, default=0.5, help="weight of the sampled-belief term")
-    p.add_argument("--bss_base", default="bs_t", choices=["ga", "npo", "bs_t"], help="BS-S's base loss")
+    p.add_argument("--bss_base", default="bs_t", choices=["ga", "npo", "bs_t", "wga", "simnpo"],
+                   help="BS-S's base loss")
     p.add_argument("--bss_n", type=count, default=3, help="beliefs sampled per forget prompt")
     p.add_argument("--bss_keep", type=number(int, 0), default=0, help="keep the K most confident (0: all)")
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
     p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
     p.add_argument("--micro_batch", type=count, default=32, help="BS-S: beliefs per forward+backward chunk")
+    # the baselines, at open-unlearning's defaults
+    p.add_argument("--wga_a", type=number(float, 0), default=1.0, help="WGA's exponent a (0: GA)")
+    p.add_argument("--simnpo_beta", type=positive, default=4.5, help="SimNPO's inverse temperature")
+    p.add_argument("--simnpo_delta", type=float, default=0.0, help="SimNPO's reward margin")
+    p.add_argument("--rmu_layer", type=number(int, 0), default=None,
+                   help="RMU: the decoder layer steered (default: 7/16 of the depth, as open-unlearning)")
+    p.add_argument("--rmu_c", type=positive, default=2.0, help="RMU: the control vector's norm c")
     # system
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -136,6 +151,9 @@ def get_args(argv=None):
     if args.bss_keep > args.bss_n:
         fail(f"--bss_keep {args.bss_keep} is more than --bss_n {args.bss_n}")
     scaling.check_args(args)
+    if args.gamma is None:  # each method's published weight
+        args.gamma = 0.125 if args.method == "simnpo" else 1.0
+    args.retain_loss = args.retain_loss or ("embed" if args.method == "rmu" else "nll")
     if args.forget_pct is not None:
         args.forget_split = f"forget{args.forget_pct:02d}"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
@@ -257,11 +275,14 @@ def autocast(model):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def forward(model, batch):
+def forward(model, batch, layer=None):
+    """The logits (B, T, V); with layer=L, the hidden states after decoder layer L instead (B, T, d; RMU)."""
     device = next(model.parameters()).device
+    hidden = {} if layer is None else dict(output_hidden_states=True)
     with autocast(model):
-        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                     attention_mask=batch["attention_mask"].to(device)).logits  # (B, T, V)
+        out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device), **hidden)
+    return out.logits if layer is None else out.hidden_states[layer + 1]  # ([0] is the embeddings)
 
 
 @torch.no_grad()
@@ -342,22 +363,40 @@ def kl_retain_loss(logits, ref_logits, labels):
     return (kl * mask).sum(-1).mean()
 
 
-def forget_loss(logits, batch, method, args):
-    """The forget term of `method` on one batch: Eq. 1 (GA), 3 (NPO) or 6 (BS-T); BS-S (Eq. 7) applies its
-    base method to targets and beliefs alike (see train)."""
+def forget_loss(model, batch, method, args):
+    """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO), 4 (WGA), 6 (BS-T),
+    SimNPO or RMU; BS-S (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
+    labels = batch["labels"]
+    if method == "rmu":  # hidden states, not log-probs
+        h = forward(model, batch, layer=rmu_layer(model, args))
+        return baselines.rmu_forget_loss(h, labels, baselines.control_vector(h.shape[-1], args.rmu_c, args.seed))
+    logits = forward(model, batch)
     if method == "finetune":
-        return nll_loss(logits, batch["labels"])
+        return nll_loss(logits, labels)
     if method == "ga":
-        return ga_loss(sequence_logps(logits, batch["labels"]))
+        return ga_loss(sequence_logps(logits, labels))
     if method == "npo":
-        return npo_loss(sequence_logps(logits, batch["labels"]), batch["ref_logps"], args.npo_beta)
+        return npo_loss(sequence_logps(logits, labels), batch["ref_logps"], args.npo_beta)
+    if method == "wga":
+        return baselines.wga_loss(token_logps(logits, labels), args.wga_a)
+    if method == "simnpo":
+        n_tokens = (labels[:, 1:] != -100).sum(-1)
+        return baselines.simnpo_loss(sequence_logps(logits, labels), n_tokens, args.simnpo_beta,
+                                     args.simnpo_delta)
     if method == "bs_t":
-        return bst_loss(logits, batch["labels"], args.bst_topk, args.bst_lambda, args.bst_temp)
+        return bst_loss(logits, labels, args.bst_topk, args.bst_lambda, args.bst_temp)
     raise ValueError(f"no forget loss for method {method!r} (BS-S's is Eq. 7 on its base method's)")
 
 
-def retain_loss(logits, batch, args, ref_model=None):
-    """The retain term: NLL of the retain answers, or KL to the frozen starting model (--retain_loss kl)."""
+def retain_loss(model, batch, args, ref_model=None):
+    """The retain term: NLL of the retain answers, KL to the frozen starting model (--retain_loss kl), or the
+    distance to its hidden states (embed, RMU's)."""
+    if args.retain_loss == "embed":
+        layer = rmu_layer(model, args)
+        with torch.no_grad():
+            h_ref = forward(ref_model, batch, layer)
+        return baselines.rmu_retain_loss(forward(model, batch, layer), h_ref, batch["labels"])
+    logits = forward(model, batch)
     if args.retain_loss == "kl":
         with torch.no_grad():
             ref_logits = forward(ref_model, batch)
@@ -365,9 +404,25 @@ def retain_loss(logits, batch, args, ref_model=None):
     return nll_loss(logits, batch["labels"])
 
 
+def rmu_layer(model, args):
+    """RMU's layer: --rmu_layer, else open-unlearning's relative depth (baselines.default_layer)."""
+    n = model.config.num_hidden_layers
+    layer = baselines.default_layer(n) if args.rmu_layer is None else args.rmu_layer
+    if layer > n - 2:  # (HF's hidden state after the last layer is already normed)
+        fail(f"--rmu_layer {layer}: the model has {n} decoder layers, so it must be at most {n - 2}")
+    return layer
+
+
 def needs_ref_logps(args):
     """NPO (alone or as BS-S's base) compares with the starting model's log-probs."""
     return args.method == "npo" or (args.method == "bs_s" and args.bss_base == "npo")
+
+
+def needs_reference(args):
+    """Whether training needs the frozen starting model pi_o after its first step: for the KL or hidden-state
+    retain term, or for NPO's log-probs of beliefs resampled later (see attach_ref_logps)."""
+    retain_on_ref = args.alpha > 0 and args.retain_loss in ("kl", "embed") and args.method != "finetune"
+    return retain_on_ref or (needs_ref_logps(args) and args.bss_regen > 0)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -497,11 +552,14 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak too
     base = args.bss_base if args.method == "bs_s" else args.method  # BS-S applies its base loss (Eq. 7)
+    if ref_model is None and needs_reference(args):  # pi_o for the retain term: a frozen copy of the start
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step, scored once
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    check = StepCheck(len(tok), retain_ex if use_retain and not args.allow_divergence else [])
+    in_nats = use_retain and args.retain_loss != "embed" and not args.allow_divergence  # (RMU's is a distance)
+    check = StepCheck(len(tok), retain_ex if in_nats else [])
     opt = make_optimizer(model, args)
     forget_batches = scaling.shares(batches(len(forget_ex), global_batch, random.Random(args.seed)))
     retain_batches = scaling.shares(batches(len(retain_ex), global_batch, random.Random(args.seed + 1)))
@@ -531,17 +589,17 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # w = |chunk| / |mine|
                     # (on K ranks the weights count every rank's beliefs, and FSDP adds weightless chunks)
                     chunk = make_batch(tok, chunk, model)
-                    L_chunk = forget_loss(forward(model, chunk), chunk, base, args)
+                    L_chunk = forget_loss(model, chunk, base, args)
                     (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
                     L_beliefs += w * L_chunk.detach()
             targets = make_batch(tok, target_ex, model)
-            L_forget = forget_loss(forward(model, targets), targets, base, args)
+            L_forget = forget_loss(model, targets, base, args)
             if args.method == "bs_s":  # Eq. 7; note: its belief term, detached here, is in .grad already, so
                 L_forget = bss_loss(L_forget, L_beliefs, lam)  # the backward below adds the rest of the gradient
             L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
                 retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
-                L_retain = retain_loss(forward(model, retain_batch), retain_batch, args, ref_model)
+                L_retain = retain_loss(model, retain_batch, args, ref_model)
             loss = args.gamma * L_forget + args.alpha * L_retain  # the objective (BS-S: see the note above)
             (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
             forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
@@ -598,10 +656,7 @@ def main(argv=None):
         check_lengths(model, forget=forget_ex, retain=retain_ex)
         if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
             forget_ex, retain_ex = forget_ex + retain_ex, []
-        # the frozen starting model pi_o stays in memory only if training needs it after its first step: for
-        # the KL retain term, or for NPO's log-probs of beliefs resampled later (see attach_ref_logps)
-        kl_retain = args.alpha > 0 and args.retain_loss == "kl"
-        keep_ref = kl_retain or (needs_ref_logps(args) and args.bss_regen > 0)
+        keep_ref = needs_reference(args)  # the frozen starting model pi_o, kept only where training needs it
         ref_model = None
         if args.lora_r:  # LoRA: only the adapters train, and pi_o is this model with them off (no copy)
             model, ref_model = scaling.lora(model, args, keep_ref)

@@ -731,8 +731,8 @@ def test_finetune_raises_forget_logprob(toy_cache):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_loss_stops(toy, monkeypatch, bad):
-    def broken_loss(logits, batch, method, args):
-        return logits.sum() * 0 + bad
+    def broken_loss(model, batch, method, args):
+        return bs.forward(model, batch).sum() * 0 + bad
     monkeypatch.setattr(bs, "forget_loss", broken_loss)
     with pytest.raises(SystemExit) as e:
         run_train(toy, "ga", "--epochs", "0.25")

@@ -1,0 +1,68 @@
+"""
+baselines.py: the other rows of the paper's Table 1, beside bs_unlearn.py's four objectives (GA, NPO, BS-T,
+BS-S), as open-unlearning defines them and at its defaults. Pure functions, every one minimised;
+bs_unlearn.forget_loss and retain_loss call them (--method wga / simnpo / rmu).
+
+    WGA    (the paper's Eq. 4) GA with each answer token's log-prob weighted by its probability to the power a:
+           L = E[ sum_i w_i log pi(y_i | x, y_<i) ],  w_i = sg[pi(y_i | x, y_<i)]^a      a = 1; a = 0 is GA
+    SimNPO NPO without the reference model, on the length-normalised NLL:
+           L = -(2/beta) E[ logsigmoid( beta * (-log pi(y|x) / |y| - delta) ) ]      beta 4.5, delta 0, gamma 0.125
+    RMU    representation misdirection (Li et al., "The WMDP Benchmark", 2024): the hidden state after one
+           decoder layer is pushed towards a fixed random vector c u on the forget answers, and held where the
+           frozen starting model puts it on the retain answers ("EMBED_DIFF"), each a mean squared error:
+           L_forget = E[ mean over answer tokens of mean_d (h_L(x_u) - c u)^2 ]
+           L_retain = E[ mean over answer tokens of mean_d (h_L(x_r) - h_L^o(x_r))^2 ]   layer 7 of 16, c = 2
+           u is torch.rand, normalised; every weight trains (open-unlearning's TOFU setting).
+WGA and SimNPO sum over answer tokens like bs_unlearn's objectives (its deviation 4; open-unlearning's WGA
+takes a token mean); RMU's terms are distances, not log-probs, so they are token means per sequence, as
+open-unlearning computes them.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def wga_loss(token_logps, a=1.0):
+    """WGA from the answer tokens' log-probs (B, T), 0 off the answer. The weight pi^a is detached, so a token
+    the model no longer predicts stops pulling: GA that lets go. With a = 0 it is exactly GA."""
+    return (token_logps.detach().exp() ** a * token_logps).sum(-1).mean()
+
+
+def simnpo_loss(policy_logps, n_tokens, beta=4.5, delta=0.0):
+    """SimNPO from the summed answer log-probs (B,) and answer lengths (B,). Equals (2/beta) ln 2 where the
+    per-token NLL is delta; like NPO it flattens out once an answer is unlikely."""
+    return -(2 / beta) * F.logsigmoid(beta * (-policy_logps / n_tokens - delta)).mean()
+
+
+# -----------------------------------------------------------------------------------------------------
+# RMU: hidden states (bs_unlearn.forward(model, batch, layer=L) gives h_L, the output of decoder layer L)
+
+
+def default_layer(n_layers):
+    """The decoder layer RMU steers: open-unlearning's 7 of 16, at the same relative depth (Llama-3.2-1B: 7;
+    SmolLM2-135M's 30 layers: 13; the toy model's 2: 0, the first)."""
+    return n_layers * 7 // 16
+
+
+def control_vector(hidden_size, c=2.0, seed=0):
+    """c * u, with u uniform on [0, 1)^d and normalised: the same for the whole run (and for a seed)."""
+    u = torch.rand(hidden_size, generator=torch.Generator().manual_seed(seed))
+    return c * u / u.norm()
+
+
+def answer_mse(h, target, labels):
+    """Mean over each sequence's answer tokens of mean_d (h - target)^2, then the mean over sequences.
+    h (B, T, d); target (B, T, d) or (d,); labels (B, T), -100 off the answer. Not shifted: the hidden state
+    at a token is the model's reading of that token."""
+    mask = (labels != -100).float()  # (B, T)
+    per_token = (h.float() - target.float()).pow(2).mean(-1)  # (B, T)
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+def rmu_forget_loss(h, labels, control):
+    """Push the forget answers' hidden states towards the control vector c * u."""
+    return answer_mse(h, control.to(h.device), labels)
+
+
+def rmu_retain_loss(h, h_ref, labels):
+    """Hold the retain answers' hidden states where the frozen starting model puts them."""
+    return answer_mse(h, h_ref.detach(), labels)
