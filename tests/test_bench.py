@@ -1,8 +1,7 @@
-"""Tests for dev/bench.py and dev/seed_table.py, with tiny settings: the bench's gpu code path on a CPU with
-a tiny Llama, its cpu section on the cached toy model (one repeat, one epoch), its thread-held child
-processes, and the seed table's arithmetic on made-up summaries. They check the JSON's shape, the token
-and parameter accounting behind tok/s and MFU, and that every figure is a positive finite number; never
-the speeds themselves.
+"""Tests for dev/bench.py, with tiny settings: the bench's gpu code path on a CPU with a tiny Llama, its cpu
+section on the cached toy model (one repeat, one epoch) and its thread-held child processes. They check the
+JSON's shape, the token and parameter accounting behind tok/s and MFU, and that every figure is a positive
+finite number; never the speeds themselves. (dev/grid.py: tests/test_grid.py.)
 
     BS_UNLEARN_CACHE=/tmp/bscache python -m pytest tests/test_bench.py -q
 """
@@ -15,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from dev import bench, seed_table
+from dev import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,59 +152,6 @@ def test_build_child_is_held_at_its_thread_count(toy_cache):
 
 
 def test_scripts_run_from_the_repository_root():
-    for script in ("dev/bench.py", "dev/seed_table.py"):
+    for script in ("dev/bench.py", "dev/grid.py", "dev/real_model.py"):
         done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
-
-
-# -----------------------------------------------------------------------------------------------------
-# dev/seed_table.py
-
-
-def fake_summary(leak, d_high, agg, rouge=0.5):
-    """An eval.py summary with the table's keys (the rest of its keys do not matter here)."""
-    return dict(forget_rouge=rouge, forget_tr=0.5, fact_leak=leak, d_target=-5.0, d_high=d_high, fq=None,
-                mu=0.7, mem=0.3, agg=agg)
-
-
-def test_seed_table_mean_sd_and_best_per_seed():
-    per_seed = {
-        0: dict(base=fake_summary(1.0, 0.0, 0.1), ga=fake_summary(0.5, -2.0, 0.40, rouge=0.1),
-                bs_s=fake_summary(0.6, -3.0, 0.30)),
-        1: dict(base=fake_summary(1.0, 0.0, 0.1), ga=fake_summary(0.6, -2.5, 0.35, rouge=0.2),
-                bs_s=fake_summary(0.4, -3.5, 0.45)),
-        2: dict(base=fake_summary(1.0, 0.0, 0.1), ga=fake_summary(0.7, -3.0, 0.30, rouge=0.6),
-                bs_s=fake_summary(0.5, -4.0, 0.50)),
-    }
-    table = seed_table.seed_table(per_seed)
-    assert list(table["stats"]) == ["base", "ga", "bs_s"]  # eval.py's order; models absent are left out
-    ga = table["stats"]["ga"]
-    # by hand: Leak 0.5, 0.6, 0.7 -> mean 0.6, sd sqrt((0.01 + 0 + 0.01) / 2) = 0.1;
-    # fROUGE 0.1, 0.2, 0.6 -> mean 0.3, sd sqrt((0.04 + 0.01 + 0.09) / 2) = sqrt(0.07)
-    assert math.isclose(ga["Leak"]["mean"], 0.6) and math.isclose(ga["Leak"]["sd"], 0.1)
-    assert math.isclose(ga["fROUGE"]["mean"], 0.3) and math.isclose(ga["fROUGE"]["sd"], math.sqrt(0.07))
-    assert table["stats"]["base"]["Leak"] == dict(mean=1.0, sd=0.0, values=[1.0, 1.0, 1.0])
-    assert ga["FQ"]["mean"] is None  # no retain-only model: no forget quality
-    # the best method per seed (the references never win)
-    assert table["best"][0] == {"lowest Leak": ["ga", 0.5], "most negative dHigh": ["bs_s", -3.0],
-                                "highest Agg": ["ga", 0.40]}
-    assert table["best"][1] == {"lowest Leak": ["bs_s", 0.4], "most negative dHigh": ["bs_s", -3.5],
-                                "highest Agg": ["bs_s", 0.45]}
-    text = seed_table.markdown(table, [0, 1, 2])
-    ga_row = "| ga | 0.300 ± 0.265 | 0.500 ± 0.000 | 0.600 ± 0.100 | -5.00 ± 0.00 | -2.50 ± 0.50 | - |"
-    assert ga_row in text  # fROUGE, fTR, Leak, dTgt, dHigh, FQ, ...
-    assert "| 0 | ga (0.500) | bs_s (-3.00) | ga (0.400) |" in text
-    assert "sample standard deviation over seeds 0, 1, 2" in text
-
-
-def test_seed_table_reads_and_writes_from_its_folder(tmp_path, capsys):
-    """--tables_only on evaluations already there: the table is printed and written as JSON."""
-    for seed, leak in ((0, 0.5), (1, 0.7)):
-        (tmp_path / str(seed) / "eval").mkdir(parents=True)
-        summaries = dict(base=fake_summary(1.0, 0.0, 0.1), bs_s=fake_summary(leak, -3.0, 0.4))
-        (tmp_path / str(seed) / "eval" / "summary.json").write_text(json.dumps(dict(summaries=summaries)))
-    seed_table.main(["--seeds", "0,1", "--out_root", str(tmp_path), "--tables_only"])
-    saved = json.loads((tmp_path / "table.json").read_text())
-    assert saved["seeds"] == [0, 1] and saved["stats"]["bs_s"]["Leak"]["mean"] == 0.6
-    assert saved["per_seed"]["1"]["bs_s"]["Leak"] == 0.7
-    assert "| bs_s |" in capsys.readouterr().out

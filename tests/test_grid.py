@@ -1,0 +1,82 @@
+"""Tests for dev/grid.py: a tiny grid end to end on the toy (tuning seeds, a held-out seed, a setting that
+diverges), resuming without retraining, and the table's numbers against the runs' own files.
+
+    BS_UNLEARN_CACHE=/tmp/bscache python -m pytest tests/test_grid.py -q      (about 2 min on 2 CPU cores)
+"""
+import json
+import os
+import statistics
+
+import pytest
+
+import bs_unlearn as bs
+from conftest import one_line_error
+from dev import grid
+
+# GA and BS-S, one toy model (seed 0) for all, half an epoch per run; lr 10 diverges at once
+TINY = ["--methods", "ga,bs_s", "--splits", "forget10", "--world_seed", "0", "--tune_seeds", "0",
+        "--seeds", "1,2", "--lrs", "1e-3,10", "--flags", "--epochs 0.5 --warmup_epochs 0",
+        "--eval_flags", "--n_beliefs 2 --max_new_tokens 24"]
+
+
+@pytest.fixture(scope="module")
+def tiny(toy_cache, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("grid"))
+    argv = TINY + ["--out_root", out, "--cache_dir", toy_cache[0]]
+    return argv, out, grid.main(argv)
+
+
+def result(out, method, label, seed):
+    with open(os.path.join(out, "forget10", f"seed{seed}", f"{method}-{label}", "result.json")) as f:
+        return json.load(f)
+
+
+def test_tiny_grid_end_to_end(tiny, capsys):
+    argv, out, table = tiny
+    # lr 10 diverged on the tuning seed: recorded as stopped, never chosen
+    for m, lab in (("ga", "lr10"), ("bs_s", "lr10_lam0.5")):
+        assert "diverged" in result(out, m, lab, 0)["stopped"]
+        assert table["tuning"][m]["forget10"]["scores"][lab] is None
+    assert table["tuning"]["ga"]["forget10"]["chosen"] == "lr0.001"
+    # the held-out rows are the chosen setting's runs on seeds 1 and 2, not the tuning seed's
+    aggs = [result(out, "ga", "lr0.001", s)["summary"]["agg"] for s in (1, 2)]
+    row = table["tuned"]["ga"]["forget10"]
+    assert row["agg"]["values"] == aggs
+    assert row["agg"]["mean"] == pytest.approx(statistics.mean(aggs))
+    assert row["agg"]["sd"] == pytest.approx(statistics.stdev(aggs))
+    # the shared setting is bs_unlearn's default lr (3e-4), run on the same seeds
+    assert table["shared"]["bs_s"]["forget10"]["setting"] == dict(lr=3e-4, bss_lambda=0.5)
+    assert os.path.exists(os.path.join(out, "forget10", "seed2", "bs_s-lr0.0003_lam0.5", "eval.json"))
+    # the references: the starting model forgot nothing, the retain-only model never knew
+    refs = table["refs"]
+    assert refs["base"]["forget10"]["agg"]["mean"] < refs["retain"]["forget10"]["agg"]["mean"]
+    text = open(os.path.join(out, "table.md")).read()
+    for name in ("Original", "Retrain", "GradDiff", "BS-S", "lr0.001", "Mean Agg of every setting"):
+        assert name in text
+
+
+def test_tiny_grid_resumes_without_training(tiny, monkeypatch):
+    argv, out, table = tiny
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(bs, "train", no_training)
+    again = grid.main(argv)
+    assert again["tuned"] == json.loads(json.dumps(table["tuned"]))  # (the first went through JSON files too)
+
+
+def test_other_flags_in_the_same_folder_refused(tiny):
+    argv, out, _ = tiny
+    other = [a if a != "--epochs 0.5 --warmup_epochs 0" else "--epochs 1 --warmup_epochs 0" for a in argv]
+    one_line_error(lambda: grid.main(other), "other flags", "--out_root")
+
+
+def test_tuning_seeds_must_not_be_reported():
+    one_line_error(lambda: grid.get_args(["--tune_seeds", "0,1", "--seeds", "1,2"]), "overlap")
+
+
+def test_cell_mean_and_sample_sd():
+    assert grid.cell(grid.stat([0.2, 0.4])) == "0.300 ± 0.141"
+    assert grid.cell(grid.stat([-1.0, -3.0]), "+.2f") == "-2.00 ± 1.41"
+    assert grid.cell(grid.stat([0.5])) == "0.500"
+    assert grid.cell(None) == "-"
