@@ -17,8 +17,32 @@ WGA and SimNPO sum over answer tokens like bs_unlearn's objectives (its deviatio
 takes a token mean); RMU's terms are distances, not log-probs, so they are token means per sequence, as
 open-unlearning computes them.
 """
+import math
+
 import torch
 import torch.nn.functional as F
+
+from plumbing import fail, number
+
+
+def add_args(p):
+    """The baselines' flags, at open-unlearning's defaults."""
+    p.add_argument("--wga_a", type=number(float, 0), default=1.0, help="WGA's exponent a (0: GA)")
+    p.add_argument("--simnpo_beta", type=number(float, 0, above=True), default=4.5,
+                   help="SimNPO's inverse temperature")
+    p.add_argument("--simnpo_delta", type=number(float, -math.inf), default=0.0, help="SimNPO's reward margin")
+    p.add_argument("--rmu_layer", type=number(int, 0), default=None,
+                   help="RMU: the decoder layer steered (default: 7/16 of the depth, as open-unlearning)")
+    p.add_argument("--rmu_c", type=number(float, 0, above=True), default=2.0,
+                   help="RMU: the control vector's norm c")
+
+
+def set_defaults(args):
+    """Each method's published forget weight and retain term, where the flags leave them open."""
+    if args.gamma is None:
+        args.gamma = 0.125 if args.method == "simnpo" else 1.0
+    if args.retain_loss is None:
+        args.retain_loss = "embed" if args.method == "rmu" else "nll"
 
 
 def wga_loss(token_logps, a=1.0):
@@ -35,6 +59,15 @@ def simnpo_loss(policy_logps, n_tokens, beta=4.5, delta=0.0):
 
 # -----------------------------------------------------------------------------------------------------
 # RMU: hidden states (bs_unlearn.forward(model, batch, layer=L) gives h_L, the output of decoder layer L)
+
+
+def rmu_layer(model, args):
+    """RMU's layer: --rmu_layer, else open-unlearning's relative depth; one line if the model has no such one."""
+    n = model.config.num_hidden_layers
+    layer = default_layer(n) if args.rmu_layer is None else args.rmu_layer
+    if layer > n - 2:  # (HF's hidden state after the last layer is already normed)
+        fail(f"--rmu_layer {layer}: the model has {n} decoder layers, so it must be at most {n - 2}")
+    return layer
 
 
 def default_layer(n_layers):

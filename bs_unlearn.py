@@ -126,13 +126,7 @@ def get_args(argv=None):
     p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
     p.add_argument("--micro_batch", type=count, default=32, help="BS-S: beliefs per forward+backward chunk")
-    # the baselines, at open-unlearning's defaults
-    p.add_argument("--wga_a", type=number(float, 0), default=1.0, help="WGA's exponent a (0: GA)")
-    p.add_argument("--simnpo_beta", type=positive, default=4.5, help="SimNPO's inverse temperature")
-    p.add_argument("--simnpo_delta", type=float, default=0.0, help="SimNPO's reward margin")
-    p.add_argument("--rmu_layer", type=number(int, 0), default=None,
-                   help="RMU: the decoder layer steered (default: 7/16 of the depth, as open-unlearning)")
-    p.add_argument("--rmu_c", type=positive, default=2.0, help="RMU: the control vector's norm c")
+    baselines.add_args(p)  # --wga_a, --simnpo_beta, --simnpo_delta, --rmu_layer, --rmu_c
     # system
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -151,9 +145,7 @@ def get_args(argv=None):
     if args.bss_keep > args.bss_n:
         fail(f"--bss_keep {args.bss_keep} is more than --bss_n {args.bss_n}")
     scaling.check_args(args)
-    if args.gamma is None:  # each method's published weight
-        args.gamma = 0.125 if args.method == "simnpo" else 1.0
-    args.retain_loss = args.retain_loss or ("embed" if args.method == "rmu" else "nll")
+    baselines.set_defaults(args)  # --gamma 1 (SimNPO: 0.125), --retain_loss nll (RMU: embed)
     if args.forget_pct is not None:
         args.forget_split = f"forget{args.forget_pct:02d}"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
@@ -368,7 +360,7 @@ def forget_loss(model, batch, method, args):
     SimNPO or RMU; BS-S (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
     labels = batch["labels"]
     if method == "rmu":  # hidden states, not log-probs
-        h = forward(model, batch, layer=rmu_layer(model, args))
+        h = forward(model, batch, layer=baselines.rmu_layer(model, args))
         return baselines.rmu_forget_loss(h, labels, baselines.control_vector(h.shape[-1], args.rmu_c, args.seed))
     logits = forward(model, batch)
     if method == "finetune":
@@ -392,7 +384,7 @@ def retain_loss(model, batch, args, ref_model=None):
     """The retain term: NLL of the retain answers, KL to the frozen starting model (--retain_loss kl), or the
     distance to its hidden states (embed, RMU's)."""
     if args.retain_loss == "embed":
-        layer = rmu_layer(model, args)
+        layer = baselines.rmu_layer(model, args)
         with torch.no_grad():
             h_ref = forward(ref_model, batch, layer)
         return baselines.rmu_retain_loss(forward(model, batch, layer), h_ref, batch["labels"])
@@ -402,15 +394,6 @@ def retain_loss(model, batch, args, ref_model=None):
             ref_logits = forward(ref_model, batch)
         return kl_retain_loss(logits, ref_logits, batch["labels"])
     return nll_loss(logits, batch["labels"])
-
-
-def rmu_layer(model, args):
-    """RMU's layer: --rmu_layer, else open-unlearning's relative depth (baselines.default_layer)."""
-    n = model.config.num_hidden_layers
-    layer = baselines.default_layer(n) if args.rmu_layer is None else args.rmu_layer
-    if layer > n - 2:  # (HF's hidden state after the last layer is already normed)
-        fail(f"--rmu_layer {layer}: the model has {n} decoder layers, so it must be at most {n - 2}")
-    return layer
 
 
 def needs_ref_logps(args):

@@ -255,8 +255,8 @@ claim("BS-T with lambda = 0 is exactly GA", torch.isclose(bst0, ga, atol=1e-5))
 #
 # with $L$ a base loss: BS-T by default (the paper's best), $N = 3$, $\lambda = 0.5$, temperature 1, sampled
 # once from the starting model. `bs.sample_beliefs` keeps the $N$ samples *per forget example* (the public
-# code reused the first batch's samples for every batch). `bs.forget_loss(logits, batch, method, args)` is
-# the forget term of any method on one batch; BS-S applies its base method (`args.bss_base`) to the targets
+# code reused the first batch's samples for every batch). `bs.forget_loss(model, batch, method, args)` is
+# the forget term of any method on one batch (its forward included); BS-S applies its base method (`args.bss_base`) to the targets
 # and to the beliefs, and `bs.bss_loss` is the weighted sum. The training loop computes the same sum
 # micro-batch by micro-batch, so memory does not grow with $N$ (section 6 checks that it is the same).
 
@@ -272,8 +272,8 @@ for q in [0, 9, 18]:
 t_batch = bs.collate(forget_ex[:4], tok.pad_token_id)
 b_batch = bs.collate([b for bb in beliefs[:4] for b in bb], tok.pad_token_id)
 with torch.no_grad():  # BS-S's base loss (BS-T) on the targets and on their beliefs
-    target_loss = bs.forget_loss(bs.forward(base, t_batch).float().cpu(), t_batch, bss_args.bss_base, bss_args)
-    belief_loss = bs.forget_loss(bs.forward(base, b_batch).float().cpu(), b_batch, bss_args.bss_base, bss_args)
+    target_loss = bs.forget_loss(base, t_batch, bss_args.bss_base, bss_args).float().cpu()
+    belief_loss = bs.forget_loss(base, b_batch, bss_args.bss_base, bss_args).float().cpu()
 print(f"\nbase loss ({bss_args.bss_base}) on the 4 targets {target_loss:.4f}, "
       f"on their {len(b_batch['input_ids'])} beliefs {belief_loss:.4f}")
 for lam in [0.0, 0.5, 1.0]:
@@ -284,23 +284,27 @@ claim("BS-S with lambda 0.5 is the mean of the two terms",
 # %% [markdown]
 # ### 5.5 The retain term, and every forget term in one place
 #
-# `bs.retain_loss(logits, batch, args)` is the NLL of a retain batch by default. The alternative,
+# `bs.retain_loss(model, batch, args)` is the NLL of a retain batch by default. The alternative,
 # `--retain_loss kl`, is $\mathrm{KL}(\pi_o \,\|\, \pi_\theta)$ on the retain answers (`bs.kl_retain_loss`),
 # masked to the answer tokens (the public code also counted prompt and padding). At the start it is 0, since
 # the model is its own reference. Last, `bs.forget_loss` on one forget batch for every method: the numbers
-# the training loop logs as `forget` at its first step (before any update).
+# the training loop logs as `forget` at its first step (before any update). Three of them are the paper's
+# baselines, in `baselines.py`: WGA (its Eq. 4, GA weighted by each token's probability), SimNPO (NPO without
+# a reference, length-normalised; trained with weight 0.125) and RMU (the distance of one layer's hidden
+# states to a fixed random vector).
 
 # %%
 r_batch = bs.collate(bs.encode_rows(tok, retain_rows[:8]), tok.pad_token_id)
 with torch.no_grad():
     r_logits = bs.forward(base, r_batch).float().cpu()
-print(f"retain term (NLL) on 8 retain answers: {bs.retain_loss(r_logits, r_batch, args):.4f} nats per answer")
+print(f"retain term (NLL) on 8 retain answers: {bs.retain_loss(base, r_batch, args):.4f} nats per answer")
 kl0 = bs.kl_retain_loss(r_logits, r_logits, r_batch["labels"])
 print(f"KL(pi_o || pi_theta) with pi_theta = pi_o: {kl0:.6f} (expected 0)")
 claim("the KL retain term is 0 at the start", abs(kl0.item()) < 1e-6)
 print("\nthe forget term of each method on the 4 forget examples of section 5.2, at the starting model:")
-for method in ["finetune", "ga", "npo", "bs_t"]:
-    print(f"   {method:>8}: {bs.forget_loss(logits, batch, method, args):8.4f}")
+with torch.no_grad():
+    for method in ["finetune", "ga", "npo", "bs_t", "wga", "simnpo", "rmu"]:
+        print(f"   {method:>8}: {bs.forget_loss(base, batch, method, args):8.4f}")
 print("   (bs_s: its base's value on the targets, mixed with the same on the beliefs, as in 5.4)")
 
 # %% [markdown]
@@ -394,15 +398,15 @@ def bss_micro_step(model, idx, r_idx, args):
     mine = sorted(mine, key=lambda b: len(b["input_ids"]))
     for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):
         chunk = bs.make_batch(tok, chunk, model)
-        L_chunk = bs.forget_loss(bs.forward(model, chunk), chunk, base_method, args)
+        L_chunk = bs.forget_loss(model, chunk, base_method, args)
         (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
         L_beliefs += w * L_chunk.detach()
         parts.append((w, L_chunk.item()))
     targets = bs.make_batch(tok, target_ex, model)
-    L_forget = bs.forget_loss(bs.forward(model, targets), targets, base_method, args)
+    L_forget = bs.forget_loss(model, targets, base_method, args)
     L_forget = bs.bss_loss(L_forget, L_beliefs, lam)
     retain_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], model)
-    L_retain = bs.retain_loss(bs.forward(model, retain_batch), retain_batch, args)
+    L_retain = bs.retain_loss(model, retain_batch, args)
     loss = args.gamma * L_forget + args.alpha * L_retain
     (loss / args.grad_accum).backward()
     return L_forget.item(), L_retain.item(), parts
@@ -422,10 +426,10 @@ one_graph = copy.deepcopy(fp32_start)  # Eq. 7 as written: all beliefs in one ba
 t_batch = bs.make_batch(tok, [forget_ex[i] for i in idx], one_graph)
 b_batch = bs.make_batch(tok, [b for i in idx for b in beliefs[i]], one_graph)
 r_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], one_graph)
-L_targets = bs.forget_loss(bs.forward(one_graph, t_batch), t_batch, step_args.bss_base, step_args)
-L_all_beliefs = bs.forget_loss(bs.forward(one_graph, b_batch), b_batch, step_args.bss_base, step_args)
+L_targets = bs.forget_loss(one_graph, t_batch, step_args.bss_base, step_args)
+L_all_beliefs = bs.forget_loss(one_graph, b_batch, step_args.bss_base, step_args)
 eq7 = bs.bss_loss(L_targets, L_all_beliefs, step_args.bss_lambda)
-L_r = bs.retain_loss(bs.forward(one_graph, r_batch), r_batch, step_args)
+L_r = bs.retain_loss(one_graph, r_batch, step_args)
 objective = step_args.gamma * eq7 + step_args.alpha * L_r
 (objective / step_args.grad_accum).backward()
 grad_one = flat_grad(one_graph)
