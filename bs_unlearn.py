@@ -279,23 +279,16 @@ def forward(model, batch, layer=None):
 
 @torch.no_grad()
 def score(model, tok, examples, batch_size=64):
-    """Per example: summed answer log-prob, answer length, tokens the greedy (argmax) prediction gets right,
-    and the length of the all-correct answer suffix (for extraction strength). One forward per batch."""
-    out = {k: [] for k in ("logp", "n_tokens", "n_correct", "n_suffix")}
+    """Per example: the summed answer log-prob and the answer length. One forward per batch."""
+    out = {k: [] for k in ("logp", "n_tokens")}
     was_training = model.training
     model.eval()
     chunks = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
     for chunk in scaling.lockstep(chunks, model):  # (FSDP: as many forwards as the busiest rank)
         batch = collate(chunk, tok.pad_token_id)
-        logits = forward(model, batch)
-        labels = batch["labels"][:, 1:].to(logits.device)
-        mask = labels != -100
-        hit = logits[:, :-1].argmax(-1) == labels  # (B, T-1)
-        tail = (hit | ~mask).flip(-1).long().cumprod(-1).flip(-1).bool()  # all correct from here to the end
-        out["logp"].append(sequence_logps(logits, batch["labels"].to(logits.device)))
-        out["n_tokens"].append(mask.sum(-1))
-        out["n_correct"].append((hit & mask).sum(-1))
-        out["n_suffix"].append((tail & mask).sum(-1))
+        labels = batch["labels"].to(next(model.parameters()).device)
+        out["logp"].append(sequence_logps(forward(model, batch), labels))
+        out["n_tokens"].append((labels[:, 1:] != -100).sum(-1))
     model.train(was_training)
     return {k: torch.cat(v).cpu()[:len(examples)] for k, v in out.items()}  # (FSDP's extra forwards dropped)
 

@@ -52,7 +52,7 @@ Choices (numbered, as deviations are in bs_unlearn.py):
    from the *_perturbed splits (retain_perturbed: 400 retain rows with paraphrases and perturbations).
 5. The paper's fluency term (a gibberish classifier from the hub, on the forget answers) is off by default,
    so everything runs offline; with --fluency it must be downloadable or in the HF cache.
-6. ES and EM are teacher-forced on the forget target (bs.score's n_suffix and n_correct).
+6. ES and EM are teacher-forced on the forget target (score_examples' n_suffix and n_correct).
 7. Every model must share the starting model's token ids, EOS / pad ids and chat template: a run whose
    tokenizer.json maps tokens to other ids feeds its weights the wrong tokens, and the garbage scores as the
    best forgetting of the table. --allow_tokenizer_mismatch evaluates it anyway, with a warning.
@@ -334,20 +334,35 @@ def belief_deltas(bands, base_logp, model_logp):
 
 
 # -----------------------------------------------------------------------------------------------------
-# Batched model calls: bs.score and bs.generate, one batch at a time so a progress bar can move
+# Batched model calls: scoring and bs.generate, one batch at a time so a progress bar can move
 
 
+@torch.no_grad()
 def score_examples(model, tok, examples, batch_size=64, bar=None):
-    """bs.score on examples sorted by length (less padding), back in the original order."""
+    """Per example, teacher-forced: the summed answer log-prob and the answer length (as bs.score), the answer
+    tokens the greedy (argmax) prediction gets right (for EM) and the length of the answer's all-correct tail
+    (for ES). Batches of similar lengths (less padding), results in the given order."""
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
-    parts = []
-    for j in range(0, len(order), batch_size):  # same batches bs.score would make on the sorted list
-        parts.append(bs.score(model, tok, [examples[i] for i in order[j:j + batch_size]], batch_size))
+    out = {k: [] for k in ("logp", "n_tokens", "n_correct", "n_suffix")}
+    was_training = model.training
+    model.eval()
+    for j in range(0, len(order), batch_size):
+        batch = bs.collate([examples[i] for i in order[j:j + batch_size]], tok.pad_token_id)
+        logits = bs.forward(model, batch)
+        labels = batch["labels"].to(logits.device)
+        mask = labels[:, 1:] != -100
+        hit = logits[:, :-1].argmax(-1) == labels[:, 1:]  # (B, T-1)
+        tail = (hit | ~mask).flip(-1).long().cumprod(-1).flip(-1).bool()  # all correct from here to the end
+        out["logp"].append(bs.sequence_logps(logits, labels))
+        out["n_tokens"].append(mask.sum(-1))
+        out["n_correct"].append((hit & mask).sum(-1))
+        out["n_suffix"].append((tail & mask).sum(-1))
         if bar is not None:
             bar.update(1)
+    model.train(was_training)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return {k: torch.cat([p[k] for p in parts])[inverse] for k in parts[0]}
+    return {k: torch.cat(v).cpu()[inverse] for k, v in out.items()}
 
 
 def greedy_answers(model, tok, prompts, max_new_tokens, batch_size=64, bar=None):

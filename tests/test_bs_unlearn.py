@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import bs_unlearn as bs
+import eval as ev
 import toy_world
 
 CPU = torch.device("cpu")
@@ -181,7 +182,8 @@ class ScriptedLogits(torch.nn.Module):
 
 
 def test_score_greedy_hits_and_suffix(tok):
-    """n_correct counts answer tokens the argmax gets right; n_suffix the all-correct answer tail (ES)."""
+    """eval.score_examples: n_correct counts answer tokens the argmax gets right; n_suffix the all-correct
+    answer tail (ES); logp and n_tokens are bs.score's."""
     V, eos = 10, 3
     cases = [  # (prompt, answer, which answer tokens the model gets right, n_correct, n_suffix) by hand
         ([1, 2], [5, 6, 7, eos], [1, 1, 0, 1], 3, 1),
@@ -197,7 +199,9 @@ def test_score_greedy_hits_and_suffix(tok):
         preds[tuple(ids)] = [0] * (len(prompt) - 1) + [a if k else (a + 1) % V for a, k in zip(ans, ok)] + [0]
         examples.append(dict(input_ids=ids, labels=[-100] * len(prompt) + ans, prompt_len=len(prompt)))
     pad_tok = type("Tok", (), dict(pad_token_id=0))
-    s = bs.score(ScriptedLogits(preds, V), pad_tok, examples, batch_size=3)  # batches of 3 and 2, padded
+    s = ev.score_examples(ScriptedLogits(preds, V), pad_tok, examples, batch_size=3)  # batches of 3, 2; padded
+    plain = bs.score(ScriptedLogits(preds, V), pad_tok, examples, batch_size=3)  # the same log-probs, lengths
+    assert torch.equal(plain["n_tokens"], s["n_tokens"]) and torch.allclose(plain["logp"], s["logp"])
     logz = math.log(math.exp(5) + V - 1)
     for i, (prompt, ans, ok, n_correct, n_suffix) in enumerate(cases):
         assert s["n_tokens"][i] == len(ans)

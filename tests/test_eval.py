@@ -381,12 +381,12 @@ def test_beliefs_drawn_once_distinct_and_banded(toy):
 
 
 def test_es_counts_match_a_hand_loop(toy):
-    """ES rests on bs.score's n_suffix: check it against an explicit loop over positions."""
+    """ES rests on score_examples' n_suffix: check it against an explicit loop over positions."""
     data, model, tok, _, _ = toy
     rows = data["forget"][:6]
     examples = [bs.encode(tok, r["question"], a) for r in rows
                 for a in (r["answer"], r["perturbed_answer"][0])]
-    s = bs.score(model, tok, examples)
+    s = ev.score_examples(model, tok, examples, batch_size=5)
     for e, n_suffix, n_correct in zip(examples, s["n_suffix"].tolist(), s["n_correct"].tolist()):
         with torch.no_grad():
             pred = model(torch.tensor([e["input_ids"]])).logits[0].argmax(-1).tolist()

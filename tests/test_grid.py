@@ -26,8 +26,8 @@ def tiny(toy_cache, tmp_path_factory):
     return argv, out, grid.main(argv)
 
 
-def result(out, method, label, seed):
-    with open(os.path.join(out, "forget10", f"seed{seed}", f"{method}-{label}", "result.json")) as f:
+def result(out, method, label, seed, split="forget10"):
+    with open(os.path.join(out, split, f"seed{seed}", f"{method}-{label}", "result.json")) as f:
         return json.load(f)
 
 
@@ -69,6 +69,29 @@ def test_other_flags_in_the_same_folder_refused(tiny):
     argv, out, _ = tiny
     other = [a if a != "--epochs 0.5 --warmup_epochs 0" else "--epochs 1 --warmup_epochs 0" for a in argv]
     one_line_error(lambda: grid.main(other), "other flags", "--out_root")
+
+
+def test_tofu_world_from_local_files(toy_cache, tmp_path):
+    """--world tofu on local TOFU-named files (the toy authors, which have TOFU's columns) and local models: the
+    path a GPU run takes with hub ids, at the shared setting on one seed."""
+    import toy_world
+    rows = toy_world.make_toy_data()
+    forget, retain = toy_world.split_toy(rows, "forget01")
+    data = tmp_path / "tofu"
+    data.mkdir()
+    for name, part in dict(forget01=forget, forget01_perturbed=forget, retain99=retain[:80],
+                           retain_perturbed=retain[:40], real_authors_perturbed=retain[40:48],
+                           world_facts_perturbed=retain[48:56]).items():
+        (data / f"{name}.json").write_text("\n".join(json.dumps(r) for r in part))
+    out = tmp_path / "grid"
+    table = grid.main(["--world", "tofu", "--model", toy_cache[1], "--retain_model", toy_cache[2],
+                       "--data_dir", str(data), "--splits", "forget01", "--methods", "npo", "--seeds", "0",
+                       "--flags", "--epochs 1", "--eval_flags", "--n_beliefs 2 --max_new_tokens 24",
+                       "--out_root", str(out)])
+    res = result(str(out), "npo", "lr0.0003", 0, split="forget01")
+    assert res["summary"]["mu_n"] == 9  # retain, real_authors and world_facts: the TOFU utility
+    assert table["shared"]["npo"]["forget01"]["agg"]["values"] == [res["summary"]["agg"]]
+    assert os.path.exists(out / "forget01" / "refs" / "refs.json")
 
 
 def test_tuning_seeds_must_not_be_reported():
