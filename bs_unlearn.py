@@ -632,14 +632,9 @@ def main(argv=None):
         check_lengths(model, forget=forget_ex, retain=retain_ex)
         if args.method == "finetune":  # learning, not unlearning: train on the full data, no retain term
             forget_ex, retain_ex = forget_ex + retain_ex, []
-        keep_ref = needs_reference(args)  # the frozen starting model pi_o, kept only where training needs it
-        ref_model = None
-        if args.lora_r:  # LoRA: only the adapters train, and pi_o is this model with them off (no copy)
-            model, ref_model = scaling.lora(model, args, keep_ref)
-        elif keep_ref:
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        if args.fsdp:  # torchrun --fsdp: weights, gradients and AdamW state sharded over the ranks
-            model, ref_model = scaling.fsdp(model), ref_model and scaling.fsdp(ref_model)
+        # pi_o, the frozen starting model, kept only where training needs it: a copy (with --lora_r: the model
+        # with its adapters off; with --fsdp: both sharded over the ranks)
+        model, ref_model = scaling.wrap(model, args, keep_ref=needs_reference(args))
         n_all = sum(p.numel() for p in model.parameters()) / 1e6
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
         say(f"{args.method} on {len(forget_ex)} forget / {len(retain_ex)} retain examples, model {args.model} "
@@ -647,7 +642,7 @@ def main(argv=None):
         train(model, tok, forget_ex, retain_ex, args, ref_model, out and os.path.join(out, "log.jsonl"))
         model = scaling.for_saving(model, tok, args.save_adapter and out and os.path.join(out, "adapter"))
         if out:  # (torchrun: rank 0 writes)
-            save_run(model, tok, out, dict(vars(args), model_path=model_path, world_size=scaling.world()))
+            save_run(model, tok, out, dict(vars(args), model_path=model_path))
     say(f"done in {time.time() - t0:.1f} s; saved to {args.out_dir}")
     scaling.teardown()  # (torchrun: leave the process group before exit; at exit it can abort)
 

@@ -401,11 +401,13 @@ def run_dir(out_dir, overwrite, write=None):
 
 
 def save_run(model, tok, folder, config):
-    """Save the model, then run_config.json: last, and listing every file of the run (see run_problem)."""
+    """Save the model, then run_config.json: last, listing every file of the run (see run_problem) and the
+    number of torchrun processes that trained it."""
     save_model(model, tok, folder)
     try:
         with open(os.path.join(folder, RUN_CONFIG), "w") as f:
-            json.dump(dict(config, files=run_files(folder)), f, indent=2)
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+            json.dump(dict(config, world_size=world_size, files=run_files(folder)), f, indent=2)
     except OSError as e:
         fail(f"cannot save the run to {folder}: {e.strerror or e}")
 

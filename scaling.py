@@ -14,6 +14,7 @@ Under FSDP2 every forward and backward is a collective, so all ranks must run th
 helpers keep them in lockstep: `lockstep` (scoring batches), `weighted_chunks` (BS-S's belief chunks), and the
 synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
+import copy
 import functools
 import os
 
@@ -234,6 +235,19 @@ def add_lora(model, r, alpha, targets):
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
                      target_modules=[t.strip() for t in targets.split(",") if t.strip()])
     return get_peft_model(model, cfg)
+
+
+def wrap(model, args, keep_ref):
+    """(the model to train, pi_o or None): pi_o, the frozen starting model, only if keep_ref. A plain run trains
+    the model and keeps a copy; with --lora_r only the adapters train and pi_o is the same model with them off
+    (no copy); with --fsdp both are sharded over torchrun's ranks."""
+    if args.lora_r:
+        model, ref_model = lora(model, args, keep_ref)
+    else:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_ref else None
+    if args.fsdp:  # weights, gradients and AdamW state split over the ranks
+        model, ref_model = fsdp(model), ref_model and fsdp(ref_model)
+    return model, ref_model
 
 
 def lora(model, args, keep_ref):
