@@ -38,7 +38,8 @@ Deviations from the paper and its public code:
    written on sequence log-probs). HF's `.loss` is a token mean; with AdamW the overall scale barely
    matters, but the forget/retain balance is in sequence units here.
 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the
-   reference model is kept in memory only for the KL retain term or on-policy NPO beliefs.
+   reference model is kept in memory only for the KL (or RMU's hidden-state) retain term or on-policy NPO
+   beliefs.
 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
@@ -320,7 +321,8 @@ def bst_targets(logits, labels, k=20, lam=0.2, temperature=1.0):
     logits, labels = logits[:, :-1].detach().float(), labels[:, 1:]
     top, idx = logits.topk(min(k, logits.shape[-1]), dim=-1)  # (B, T-1, k)
     q = F.softmax(top / temperature, dim=-1)
-    idx = torch.cat([idx, labels.clamp(min=0).unsqueeze(-1)], -1)  # (B, T-1, k+1)
+    idx = torch.cat([idx, labels.clamp(min=0).unsqueeze(-1)], -1)  # (B, T-1, k+1); masked positions: any id
+    # (bst_loss zeroes them)
     w = torch.cat([lam * q, torch.full_like(q[..., :1], 1 - lam)], -1)
     return idx, w
 
@@ -394,7 +396,7 @@ def needs_ref_logps(args):
     return args.method == "npo" or (args.method == "bs_s" and args.bss_base == "npo")
 
 
-def needs_reference(args):
+def needs_ref_model(args):
     """Whether training needs the frozen starting model pi_o after its first step: for the KL or hidden-state
     retain term, or for NPO's log-probs of beliefs resampled later (see attach_ref_logps)."""
     retain_on_ref = args.alpha > 0 and args.retain_loss in ("kl", "embed") and args.method != "finetune"
@@ -420,7 +422,7 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     model.eval()
     outs = []
     for i in range(0, len(prompts), batch_size):
-        chunk = [dict(input_ids=p, labels=p) for p in prompts[i:i + batch_size]]
+        chunk = [dict(input_ids=p, labels=p) for p in prompts[i:i + batch_size]]  # (collate wants labels)
         batch = collate(chunk, tok.pad_token_id, side="left")  # left: all prompts end where generation starts
         with autocast(model):
             seqs = model.generate(input_ids=batch["input_ids"].to(device), generation_config=cfg,
@@ -528,15 +530,18 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak too
     base = args.bss_base if args.method == "bs_s" else args.method  # BS-S applies its base loss (Eq. 7)
-    if ref_model is None and needs_reference(args):  # pi_o for the retain term: a frozen copy of the start
+    if ref_model is None and needs_ref_model(args):  # pi_o for the retain term: a frozen copy of the start
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step, scored once
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    in_nats = use_retain and args.retain_loss != "embed" and not args.allow_divergence  # (RMU's is a distance)
+    # stops a run whose retain term rises by more than ln V nats per answer token (so it needs the retain
+    # answers' lengths; not for RMU's retain term, a distance) or turns NaN
+    in_nats = use_retain and args.retain_loss != "embed" and not args.allow_divergence
     check = StepCheck(len(tok), retain_ex if in_nats else [])
     opt = make_optimizer(model, args)
+    # index batches, reshuffled every epoch (one process: the batches themselves; K ranks: this rank's share)
     forget_batches = scaling.shares(batches(len(forget_ex), global_batch, random.Random(args.seed)))
     retain_batches = scaling.shares(batches(len(retain_ex), global_batch, random.Random(args.seed + 1)))
     sample_every = args.sample_every or max(1, micro_per_epoch // args.grad_accum)
@@ -558,7 +563,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # Eq. 7: L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j). The belief term first, as
                 # nothing else holds activations yet: the mean runs over this batch's beliefs in chunks of
                 # --micro_batch, each chunk's share of the objective backpropagated at once, so memory stays
-                # flat in N; chunk c weighs w_c = |c| / |mine|, and the w_c sum to 1.
+                # flat in N; in one process chunk c weighs w_c = |c| / |mine|, and the w_c sum to 1.
                 lam, L_beliefs = args.bss_lambda, 0.0
                 mine = [b for i in idx for b in beliefs[i]] or target_ex  # (empty only if handed empty lists)
                 mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
@@ -634,7 +639,7 @@ def main(argv=None):
             forget_ex, retain_ex = forget_ex + retain_ex, []
         # pi_o, the frozen starting model, kept only where training needs it: a copy (with --lora_r: the model
         # with its adapters off; with --fsdp: both sharded over the ranks)
-        model, ref_model = scaling.wrap(model, args, keep_ref=needs_reference(args))
+        model, ref_model = scaling.wrap(model, args, keep_ref=needs_ref_model(args))
         n_all = sum(p.numel() for p in model.parameters()) / 1e6
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
         say(f"{args.method} on {len(forget_ex)} forget / {len(retain_ex)} retain examples, model {args.model} "

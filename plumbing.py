@@ -481,6 +481,11 @@ class StepLog:
         StepLog.last = None
 
 
+class Diverged(SystemExit):
+    """What StepCheck raises: the one-line exit of a run that went NaN or diverged (dev/grid.py records such a
+    run as stopped and goes on; any other exit ends the grid)."""
+
+
 class StepCheck:
     """Stops a run, before its step is applied, on a non-finite loss or gradient norm, or once it has diverged:
     its retain term has risen by more than ln V nats per answer token above its first step's, i.e. by more
@@ -494,13 +499,14 @@ class StepCheck:
 
     def __call__(self, step, forget, retain, gnorm):
         if not all(map(math.isfinite, (forget, retain, gnorm))):
-            fail(f"at step {step} the forget loss is {forget}, the retain loss {retain} and the gradient "
-                 f"norm {gnorm}; lower --lr or check the data")
+            raise Diverged(f"error: at step {step} the forget loss is {forget}, the retain loss {retain} and the "
+                           f"gradient norm {gnorm}; lower --lr or check the data")
         if self.limit is None:
             self.limit = retain + self.uniform_guess
         if retain > self.limit:
-            fail(f"at step {step} the run diverged: the retain term is {retain:.4g}, past {self.limit:.4g} (its "
-                 "start plus ln V nats per answer token); lower --lr, or pass --allow_divergence; nothing saved")
+            raise Diverged(f"error: at step {step} the run diverged: the retain term is {retain:.4g}, past "
+                           f"{self.limit:.4g} (its start plus ln V nats per answer token); lower --lr, or pass "
+                           "--allow_divergence; nothing saved")
 
 
 class _PipeSafe:

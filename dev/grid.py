@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)  # the project's modules live one folder up
 import bs_unlearn as bs  # noqa: E402
 import eval as ev  # noqa: E402
 import toy_world  # noqa: E402
+from plumbing import Diverged  # noqa: E402
 
 METHODS = ["ga", "npo", "rmu", "simnpo", "wga", "bs_t", "bs_s"]  # Table 1's rows, in its order
 NAMES = dict(base="Original", retain="Retrain", ga="GradDiff", npo="NPO", rmu="RMU", simnpo="SimNPO",
@@ -105,9 +106,47 @@ def get_args(argv=None):
         bs.fail("--world tofu needs --model (and --retain_model for forget quality and the Retrain row)")
     if set(args.tune_seeds) & set(args.seeds):
         bs.fail("--tune_seeds and --seeds overlap: the reported seeds must not be the ones that chose")
-    shared = bs.get_args(shlex.split(args.flags))  # bad flags fail here, before any run
-    args.shared = {m: setting(m, shared.lr, shared.bss_lambda) for m in args.methods}
+    for name, seeds in (("--seeds", args.seeds), ("--tune_seeds", args.tune_seeds)):
+        if len(set(seeds)) < len(seeds):
+            bs.fail(f"{name} names a seed twice")
+    flags = shlex.split(args.flags)
+    probe = bs.get_args(["--method", "ga", "--seed", "-7"] + flags)  # bad flags fail here, before any run
+    plain = bs.get_args(["--method", "ga", "--seed", "-7"])
+    for k in ("method", "seed") + NOT_IN_FLAGS:
+        if getattr(probe, k) != getattr(plain, k):
+            bs.fail(f"--flags sets --{k}, which the grid sets itself (per run, or by its own flag); take it out")
+    args.shared = {m: setting(m, probe.lr, probe.bss_lambda) for m in args.methods}
     return args
+
+
+# bs_unlearn flags that the grid sets, or that its one-process runs do not use: not accepted in --flags
+NOT_IN_FLAGS = ("model", "data", "data_dir", "forget_split", "forget_pct", "system_prompt", "date_string",
+                "out_dir", "overwrite", "device", "dtype", "cache_dir", "lora_r", "fsdp")
+# what a world's runs and references depend on besides bs_unlearn's flags: kept with every result, checked on
+# a rerun, so a folder never mixes worlds
+WORLD = ("world", "model", "retain_model", "world_seed", "data_dir", "models_dir", "system_prompt",
+         "date_string", "eval_rows", "eval_flags", "dtype")
+
+
+def fingerprint(args):
+    out = {k: getattr(args, k) for k in WORLD}
+    for k in ("model", "retain_model", "data_dir", "models_dir"):  # the same place, however it is written
+        if out[k] and os.path.exists(out[k]):
+            out[k] = os.path.abspath(out[k])
+    return out
+
+
+def read_checked(args, path):
+    """A result or references file, if it was made in this world (else one line: another world's file)."""
+    with open(path) as f:
+        saved = json.load(f)
+    mine = fingerprint(args)
+    if saved.get("world") != mine:
+        theirs = saved.get("world") or {}
+        changed = ", ".join(f"--{k} {theirs.get(k)!r} then, {mine[k]!r} now" for k in WORLD
+                            if theirs.get(k) != mine[k])
+        bs.fail(f"{path} was made with other settings ({changed or 'none recorded'}); use another --out_root")
+    return saved
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -177,6 +216,15 @@ def world(args, split, seed, _cache={}):
     return w
 
 
+def fluency(args, eargs, _loaded={}):
+    """The paper's fluency classifier, loaded once, if --eval_flags has --fluency (then Util = HM(MU, fluency))."""
+    if not eargs.fluency:
+        return None
+    if eargs.fluency_model not in _loaded:
+        _loaded[eargs.fluency_model] = ev.load_fluency(eargs.fluency_model, bs.pick_device(args.device))
+    return _loaded[eargs.fluency_model]
+
+
 def load(args, w, path):
     return bs.load_model(path, bs.pick_device(args.device), args.dtype, w["system_prompt"], w["date_string"])
 
@@ -186,8 +234,7 @@ def references(args, w, seed):
     retain-only models, once per world, in <out_root>/<world>/refs.json."""
     path = os.path.join(args.out_root, w["key"], "refs.json")
     if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+        return read_checked(args, path)
     eargs = ev.get_args(w["eval_flags"])  # (its beliefs' seed: eval.py's, as its command line draws them)
     t0 = time.time()
     model, tok = load(args, w, w["start"])
@@ -198,12 +245,13 @@ def references(args, w, seed):
     if w["retain"]:
         rmodel, rtok = load(args, w, w["retain"])
         with bs.quiet():
-            res = ev.evaluate(rmodel, rtok, w["evalset"], beliefs, eargs, "retain")
+            res = ev.evaluate(rmodel, rtok, w["evalset"], beliefs, eargs, "retain", fluency(args, eargs))
         retain_R = res["splits"]["forget"]["rows"]["R"]
         refs["retain"] = dict(summary=ev.summarise(res, retain_R))
     with bs.quiet():
-        refs["base"] = dict(summary=ev.evaluate(model, tok, w["evalset"], beliefs, eargs, "base", retain_R=retain_R)["summary"])
-    refs["retain_R"] = retain_R
+        res = ev.evaluate(model, tok, w["evalset"], beliefs, eargs, "base", fluency(args, eargs), retain_R)
+    refs["base"] = dict(summary=res["summary"])
+    refs.update(retain_R=retain_R, world=fingerprint(args))
     with bs.atomic_dir(os.path.dirname(path), replace=lambda old: not os.path.exists(path)) as tmp:  # (a stray one)
         with open(os.path.join(tmp, "refs.json"), "w") as f:
             json.dump(refs, f)
@@ -226,8 +274,7 @@ def run(args, method, s, split, seed):
     argv += [a for k, v in s.items() for a in (f"--{k}", repr(v))]
     done = os.path.join(folder, "result.json")
     if os.path.exists(done):
-        with open(done) as f:
-            result = json.load(f)
+        result = read_checked(args, done)
         if result["argv"] != argv:
             bs.fail(f"{folder} was run with other flags ({' '.join(result['argv'])}); use another --out_root")
         return result
@@ -238,21 +285,21 @@ def run(args, method, s, split, seed):
     targs = bs.get_args(argv)
     model, tok = load(args, w, w["start"])
     forget_ex, retain_ex = bs.encode_rows(tok, w["forget_rows"]), bs.encode_rows(tok, w["retain_rows"])
-    result = dict(method=method, setting=s, split=split, seed=seed, argv=argv)
+    result = dict(method=method, setting=s, split=split, seed=seed, argv=argv, world=fingerprint(args))
     with bs.atomic_dir(folder) as tmp:
         t0 = time.time()
         try:
             with bs.quiet():
                 bs.train(model, tok, forget_ex, retain_ex, targs, log_path=os.path.join(tmp, "log.jsonl"))
-        except SystemExit as e:  # bs_unlearn's check stopped it (a diverging run): recorded, not retried
+        except Diverged as e:  # bs_unlearn's check stopped it (NaN, or diverging): recorded, not retried
             result["stopped"] = str(e.code).removeprefix("error: ")
         result["train_s"] = time.time() - t0
         if "stopped" not in result:
             t0 = time.time()
             eargs = ev.get_args(w["eval_flags"])
             with bs.quiet():
-                res = ev.evaluate(model, tok, w["evalset"], refs["beliefs"], eargs, method,
-                                  retain_R=refs["retain_R"])
+                res = ev.evaluate(model, tok, w["evalset"], refs["beliefs"], eargs, method, fluency(args, eargs),
+                                  refs["retain_R"])
             result.update(summary=res["summary"], eval_s=time.time() - t0)
             with open(os.path.join(tmp, "eval.json"), "w") as f:
                 json.dump(res, f)
@@ -372,8 +419,7 @@ def main(argv=None):
             for key in dict.fromkeys(world_key(args, split, seed) for seed in args.seeds):
                 path = os.path.join(args.out_root, key, "refs.json")
                 if os.path.exists(path):
-                    with open(path) as f:
-                        summaries.append(json.load(f).get(ref, {}).get("summary"))
+                    summaries.append(read_checked(args, path).get(ref, {}).get("summary"))
             refs_rows.setdefault(ref, {})[split] = dict(rows_of([dict(summary=s) for s in summaries if s]))
     paper = paper_numbers(args)
     seeds = ", ".join(map(str, args.seeds))
@@ -397,6 +443,9 @@ def main(argv=None):
     parts.append(markdown({**refs_rows, **shared}, args.splits, paper))
     parts.append("The squeezing diagnostics of the same runs (eval.py's fROUGE, Leak, dTgt, dHigh):")
     parts.append(markdown({**refs_rows, **shared}, args.splits, cols=SQUEEZE))
+    if not ev.get_args(shlex.split(args.eval_flags)).fluency:
+        parts.append("Util is MU here: the fluency classifier is off (--eval_flags --fluency adds it; the "
+                     "paper's Util includes it).")
     text = "\n\n".join(parts)
     print("\n" + text)
     os.makedirs(args.out_root, exist_ok=True)

@@ -95,6 +95,32 @@ def test_forward_layer_is_that_decoder_layers_output(toy_cache):
     assert torch.equal(h, out)
 
 
+def test_forward_layer_on_a_deeper_model(tok_and_llama4):
+    """On a 5-layer model every steerable layer L (0..3) gives that decoder layer's own output."""
+    tok, model = tok_and_llama4
+    batch = bs.collate(toy_examples(tok)[0][:2], tok.pad_token_id)
+    seen = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o, j=j: seen.__setitem__(j, o[0] if isinstance(o, tuple)
+                                                                               else o))
+             for j, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for L in range(4):
+            assert torch.equal(bs.forward(model, batch, layer=L), seen[L]), L
+    for h in hooks:
+        h.remove()
+
+
+@pytest.fixture(scope="module")
+def tok_and_llama4(toy_cache):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    _, tok = bs.load_model(toy_cache[1], CPU)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return tok, LlamaForCausalLM(cfg).eval()
+
+
 # -----------------------------------------------------------------------------------------------------
 # In bs_unlearn: dispatch, defaults, and short real runs on the toy model
 
@@ -114,8 +140,8 @@ def test_published_defaults():
     a = bs.get_args(["--method", "wga"])
     assert (a.gamma, a.wga_a, a.retain_loss) == (1.0, 1.0, "nll")
     assert bs.get_args(["--method", "simnpo", "--gamma", "1"]).gamma == 1.0  # a flag wins
-    assert bs.needs_reference(bs.get_args(["--method", "rmu"]))
-    assert not bs.needs_reference(bs.get_args(["--method", "rmu", "--retain_loss", "nll"]))
+    assert bs.needs_ref_model(bs.get_args(["--method", "rmu"]))
+    assert not bs.needs_ref_model(bs.get_args(["--method", "rmu", "--retain_loss", "nll"]))
 
 
 def test_forget_loss_dispatch_on_a_real_batch(toy):
@@ -179,3 +205,24 @@ def test_rmu_layer_out_of_range_is_one_line(toy_cache, tmp_path):
                                     "--out_dir", str(tmp_path / "r"), "--epochs", "0.1"]),
                    "--rmu_layer 1", "2 decoder layers")
     assert not (tmp_path / "r").exists()
+
+
+def test_embed_retain_term_and_the_frozen_copy_train_makes(toy, monkeypatch):
+    model0, tok, forget_ex, retain_ex = toy
+    args = train_args("rmu")
+    batch = bs.collate(retain_ex[:8], tok.pad_token_id)
+    with torch.no_grad():  # the model is its own reference at the start: distance 0
+        assert bs.retain_loss(model0, batch, args, copy.deepcopy(model0)).item() == 0.0
+    seen, real = [], bs.retain_loss
+
+    def spy(model, batch, args, ref_model=None):
+        seen.append((model, ref_model))
+        return real(model, batch, args, ref_model)
+    monkeypatch.setattr(bs, "retain_loss", spy)
+    model = run(toy, "rmu", "--epochs", "0.5")  # no ref_model passed: train makes one
+    refs = {id(r) for _, r in seen}
+    assert len(refs) == 1 and seen[0][1] is not None and seen[0][1] is not model
+    start = dict(model0.named_parameters())
+    for n, p in seen[0][1].named_parameters():  # frozen: the starting weights, untouched by the steps
+        assert torch.equal(p, start[n]) and not p.requires_grad, n
+    assert not all(torch.equal(p, start[n]) for n, p in model.named_parameters())

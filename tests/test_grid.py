@@ -13,9 +13,10 @@ import bs_unlearn as bs
 from conftest import one_line_error
 from dev import grid
 
-# GA and BS-S, one toy model (seed 0) for all, half an epoch per run; lr 10 diverges at once
-TINY = ["--methods", "ga,bs_s", "--splits", "forget10", "--world_seed", "0", "--tune_seeds", "0",
-        "--seeds", "1,2", "--lrs", "1e-3,10", "--flags", "--epochs 0.5 --warmup_epochs 0",
+# GA and BS-S, one toy model (seed 0) for all, half an epoch per run; two tuning seeds, two held-out ones;
+# lr 10 diverges at once
+TINY = ["--methods", "ga,bs_s", "--splits", "forget10", "--world_seed", "0", "--tune_seeds", "0,3",
+        "--seeds", "1,2", "--lrs", "3e-4,1e-3,10", "--flags", "--epochs 0.5 --warmup_epochs 0",
         "--eval_flags", "--n_beliefs 2 --max_new_tokens 24"]
 
 
@@ -37,9 +38,16 @@ def test_tiny_grid_end_to_end(tiny, capsys):
     for m, lab in (("ga", "lr10"), ("bs_s", "lr10_lam0.5")):
         assert "diverged" in result(out, m, lab, 0)["stopped"]
         assert table["tuning"][m]["forget10"]["scores"][lab] is None
-    assert table["tuning"]["ga"]["forget10"]["chosen"] == "lr0.001"
+    # the chosen setting is the one with the highest mean Agg over the tuning seeds, from the runs' own files
+    for m, labels in (("ga", ["lr0.0003", "lr0.001"]), ("bs_s", ["lr0.0003_lam0.5", "lr0.001_lam0.5"])):
+        means = {lab: statistics.mean(result(out, m, lab, s)["summary"]["agg"] for s in (0, 3)) for lab in labels}
+        assert table["tuning"][m]["forget10"]["chosen"] == max(means, key=means.get)
+        scores = dict(table["tuning"][m]["forget10"]["scores"])
+        assert scores.pop(labels[0].replace("0.0003", "10")) is None  # lr 10: stopped
+        assert scores == pytest.approx(means)
+    chosen = table["tuning"]["ga"]["forget10"]["chosen"]
     # the held-out rows are the chosen setting's runs on seeds 1 and 2, not the tuning seed's
-    aggs = [result(out, "ga", "lr0.001", s)["summary"]["agg"] for s in (1, 2)]
+    aggs = [result(out, "ga", chosen, s)["summary"]["agg"] for s in (1, 2)]
     row = table["tuned"]["ga"]["forget10"]
     assert row["agg"]["values"] == aggs
     assert row["agg"]["mean"] == pytest.approx(statistics.mean(aggs))
@@ -51,7 +59,7 @@ def test_tiny_grid_end_to_end(tiny, capsys):
     refs = table["refs"]
     assert refs["base"]["forget10"]["agg"]["mean"] < refs["retain"]["forget10"]["agg"]["mean"]
     text = open(os.path.join(out, "table.md")).read()
-    for name in ("Original", "Retrain", "GradDiff", "BS-S", "lr0.001", "Mean Agg of every setting"):
+    for name in ("Original", "Retrain", "GradDiff", "BS-S", chosen, "Mean Agg of every setting", "Util is MU"):
         assert name in text
 
 
@@ -94,8 +102,30 @@ def test_tofu_world_from_local_files(toy_cache, tmp_path):
     assert os.path.exists(out / "forget01" / "refs" / "refs.json")
 
 
+def test_other_world_in_the_same_folder_refused(tiny):
+    argv, out, _ = tiny
+    other = [a if a != "--n_beliefs 2 --max_new_tokens 24" else "--n_beliefs 3 --max_new_tokens 24" for a in argv]
+    one_line_error(lambda: grid.main(other), "other settings", "--eval_flags", "--out_root")
+
+
 def test_tuning_seeds_must_not_be_reported():
     one_line_error(lambda: grid.get_args(["--tune_seeds", "0,1", "--seeds", "1,2"]), "overlap")
+    one_line_error(lambda: grid.get_args(["--seeds", "1,1"]), "twice")
+
+
+@pytest.mark.parametrize("flags,name", [("--seed 3", "--seed"), ("--method npo", "--method"),
+                                        ("--lora_r 8", "--lora_r"), ("--model x", "--model")])
+def test_flags_the_grid_sets_are_refused(flags, name):
+    one_line_error(lambda: grid.get_args(["--flags", flags]), name, "--flags")
+
+
+def test_a_bad_setting_ends_the_grid_not_recorded_as_stopped(toy_cache, tmp_path):
+    # the toy model has 2 decoder layers, so RMU cannot steer layer 5: that is an error, not a diverged run
+    argv = ["--methods", "rmu", "--splits", "forget10", "--world_seed", "0", "--seeds", "0", "--flags",
+            "--rmu_layer 5 --epochs 0.25", "--out_root", str(tmp_path), "--cache_dir", toy_cache[0],
+            "--eval_flags", "--n_beliefs 2 --max_new_tokens 24"]
+    one_line_error(lambda: grid.main(argv), "--rmu_layer 5")
+    assert not os.path.exists(tmp_path / "forget10" / "seed0" / "rmu-lr0.0003")
 
 
 def test_cell_mean_and_sample_sd():
