@@ -118,7 +118,7 @@ print({k: tuple(v.shape) for k, v in batch.items()}, "| attention mask row sums:
 
 # sanity: the starting model has memorised its training answers
 targets = bs.encode_rows(tok, rows)
-s = bs.score(base, tok, targets)
+s = ev.score_examples(base, tok, targets)  # eval.py's scoring: log-probs, and the argmax's hits
 acc = s["n_correct"].sum().item() / s["n_tokens"].sum().item()
 print(f"\nanswer-token accuracy of the starting model on all 640 target answers: {acc:.1%} (expected: above 95%)")
 greedy = bs.generate(base, tok, [e["input_ids"][:e["prompt_len"]]], 32)[0][0]
@@ -605,3 +605,82 @@ print(f"\nthis notebook ran in {time.time() - t_start:.0f} s")
 # notebook 01, section 5, finds the same for the leak. BS-T's `Mem` and `Agg` are below GA's on average:
 # with the default $\lambda = 0.2$, BS-T is GA with a lighter forget term (notebook 01, section 1). FQ,
 # TOFU's forget quality, is a p-value over only 64 questions, so it moves in large steps.
+
+# %% [markdown]
+# ## 9. The whole comparison: seven methods, each tuned on some seeds and reported on others
+#
+# The paper's Table 1 compares BS-S with five other methods, each at its own tuned settings. `dev/grid.py`
+# runs that comparison: GradDiff (GA with the retain term), NPO, RMU, SimNPO, WGA, BS-T and BS-S, the last
+# three rows from `baselines.py`. It chooses each method's learning rate (and BS-S's $\lambda$) by the mean
+# Agg over the toy models of seeds 0-2, then reports that choice on the toy models of seeds 3-5, which played
+# no part in choosing; next to it, every method at one shared setting (the defaults, lr 3e-4), on the same
+# seeds. That takes about 40 minutes on 2 CPU cores, too long for a notebook, so this section plots the
+# result the README reports, which is kept in `docs/grid_toy.json` (`runs/grid_toy/table.json` of the
+# command below); rerun the command and point `GRID` at your own file to plot yours.
+#
+# ```
+# python dev/grid.py --splits forget10 --lrs 1e-4,3e-4,1e-3,3e-3 --bss_lambdas 0.25,0.5,0.75 \
+#     --tune_seeds 0,1,2 --seeds 3,4,5 --out_root runs/grid_toy
+# ```
+
+# %%
+import json
+
+GRID = os.path.join(ROOT, "docs", "grid_toy.json")
+grid = json.load(open(GRID))
+TABLE1 = ["ga", "npo", "rmu", "simnpo", "wga", "bs_t", "bs_s"]
+LABEL = dict(ga="GradDiff", npo="NPO", rmu="RMU", simnpo="SimNPO", wga="WGA", bs_t="BS-T", bs_s="BS-S")
+
+
+def agg(block, m):
+    """A method's Agg on each held-out seed, at the tuned or the shared setting."""
+    return np.array(grid[block][m]["forget10"]["agg"]["values"])
+
+
+def setting(m):
+    s = grid["tuned"][m]["forget10"]["setting"]
+    return f"lr {s['lr']:g}" + (f"\nlam {s['bss_lambda']:g}" if "bss_lambda" in s else "")
+
+
+fig, ax = plt.subplots(figsize=(9, 3.6))
+for i, m in enumerate(TABLE1):
+    for block, dx, face in (("tuned", -0.13, "tab:green"), ("shared", 0.13, "white")):
+        ax.scatter(np.full(3, i + dx), agg(block, m), s=28, edgecolor="tab:green", facecolor=face, zorder=3,
+                   label=None if i else f"{block} setting, one dot per held-out seed")
+for ref, style in (("base", ":"), ("retain", "--")):
+    mean = grid["refs"][ref]["forget10"]["agg"]["mean"]
+    ax.axhline(mean, color="gray", ls=style, lw=1, label=f"{dict(base='starting', retain='retain-only')[ref]} "
+                                                          f"model ({mean:.2f})")
+ax.set_xticks(range(len(TABLE1)), [f"{LABEL[m]}\n{setting(m)}" for m in TABLE1], fontsize=8)
+ax.set_ylabel("Agg (forget10)")
+ax.set_title("Each method tuned on seeds 0-2 (filled) or at the shared lr 3e-4 (hollow), on seeds 3-5")
+ax.legend(fontsize=7, loc="lower right")
+show(fig)
+
+means = {b: {m: agg(b, m).mean() for m in TABLE1} for b in ("tuned", "shared")}
+for b in ("shared", "tuned"):
+    order = sorted(TABLE1, key=lambda m: -means[b][m])
+    print(f"{b:>6}: " + ", ".join(f"{LABEL[m]} {means[b][m]:.3f}" for m in order))
+top_of_grid = [m for m in TABLE1 if grid["tuning"][m]["forget10"]["chosen"].startswith("lr0.003")]
+print("chose the highest learning rate of the grid:", ", ".join(LABEL[m] for m in top_of_grid))
+claim("every method's tuned Agg is above its shared-setting Agg in each held-out seed",
+      all((agg("tuned", m) > agg("shared", m)).all() for m in TABLE1))
+claim("at the shared setting BS-S has the highest mean Agg, by less than its own seed-to-seed spread",
+      max(TABLE1, key=means["shared"].get) == "bs_s" and
+      means["shared"]["bs_s"] - sorted(means["shared"].values())[-2] < agg("shared", "bs_s").std(ddof=1))
+claim("tuned, RMU, WGA and NPO have a higher mean Agg than BS-S, and RMU is highest in each held-out seed",
+      all(means["tuned"][m] > means["tuned"]["bs_s"] for m in ("rmu", "wga", "npo")) and
+      all(agg("tuned", "rmu")[j] == max(agg("tuned", m)[j] for m in TABLE1) for j in range(3)))
+claim("RMU, SimNPO and WGA chose the top of the learning-rate grid", set(top_of_grid) == {"rmu", "simnpo", "wga"})
+
+# %% [markdown]
+# **What it shows.** At one shared learning rate BS-S comes first on mean Agg, as in the paper, but by less
+# than its own spread over seeds. Tuned, every method does better in every held-out seed, and the order
+# changes: RMU comes first in each of the three seeds, WGA and NPO also lie above BS-S on average, and BS-S
+# lies about level with the retain-only model. The tuned runs forget harder (Mem 0.5-0.76) and pay in
+# utility (0.39-0.61, against 0.70 before unlearning); Agg, a harmonic mean of the two, rewards that trade up
+# to a point, which is why several tuned methods score above the retain-only model. RMU, SimNPO and WGA chose
+# the highest learning rate tried, so their tuned numbers are what this grid found, not their best; at that
+# rate GradDiff diverges in every tuning seed and BS-S in five of its nine runs (the divergence check stops
+# them, and a setting that stopped once is not chosen). So on this toy the shared-setting lead of
+# BS-S does not survive tuning. The README has the tables and the same comparison on a real chat model.
