@@ -28,23 +28,8 @@ Run (fully offline; the first run builds and caches a tiny model on generated da
     python eval.py runs/bs_s                     # metrics, see eval.py
 TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
 
-Deviations from the paper and its public code:
-1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
-2. BS-S's base loss defaults to BS-T (the paper's best); beliefs are sampled once from the starting model
-   (off-policy) by default, because resampling from a model that is being unlearned feeds it its own
-   degenerate text (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
-3. Belief terms run in chunks with one backward each, so memory does not grow with N.
-4. Every loss is a per-sequence *sum* over answer tokens, averaged over sequences (the equations are
-   written on sequence log-probs). HF's `.loss` is a token mean; with AdamW the overall scale barely
-   matters, but the forget/retain balance is in sequence units here.
-5. NPO's reference log-probs are computed once before training (the reference is frozen), so the
-   reference model is kept in memory only for the KL (or RMU's hidden-state) retain term or on-policy NPO
-   beliefs.
-6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
-7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
-   below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
-8. A run whose retain term rises above its first step's by more than ln V nats per answer token (the cost
-   of a uniform guess over the vocabulary) has diverged: it stops instead of saving a broken model.
+Where this code departs from the paper and its public code, and why: the numbered list at the end of this
+file (the code says "deviation N" where one applies).
 """
 import copy
 import functools
@@ -654,3 +639,25 @@ def main(argv=None):
 
 if __name__ == "__main__":
     run_main(main)  # (Ctrl-C, a closed pipe, a full disk: one line, not a traceback)
+
+
+# -----------------------------------------------------------------------------------------------------
+# Deviations from the paper and its public code:
+# 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
+# 2. BS-S's base loss defaults to BS-T (the paper's best); beliefs are sampled once from the starting model
+#    (off-policy) by default, because resampling from a model that is being unlearned feeds it its own
+#    degenerate text (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
+# 3. Belief terms run in chunks with one backward each, so memory does not grow with N.
+# 4. Every loss is a per-sequence *sum* over answer tokens, averaged over sequences (the equations are
+#    written on sequence log-probs). HF's `.loss` is a token mean; with AdamW the overall scale barely
+#    matters, but the forget/retain balance is in sequence units here: for GA, WGA and BS-T it is
+#    open-unlearning's (both of its terms are token means), while NPO and SimNPO, one number per sequence,
+#    meet a retain term about |y_r| times heavier than there.
+# 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the
+#    reference model is kept in memory only for the KL (or RMU's hidden-state) retain term or on-policy NPO
+#    beliefs.
+# 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
+# 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
+#    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
+# 8. A run whose retain term rises above its first step's by more than ln V nats per answer token (the cost
+#    of a uniform guess over the vocabulary) has diverged: it stops instead of saving a broken model.

@@ -683,4 +683,4 @@ claim("RMU, SimNPO and WGA chose the top of the learning-rate grid", set(top_of_
 # the highest learning rate tried, so their tuned numbers are what this grid found, not their best; at that
 # rate GradDiff diverges in every tuning seed and BS-S in five of its nine runs (the divergence check stops
 # them, and a setting that stopped once is not chosen). So on this toy the shared-setting lead of
-# BS-S does not survive tuning. The README has the tables and the same comparison on a real chat model.
+# BS-S does not survive tuning. The README has the tables, and the same comparison begun on a real chat model.
