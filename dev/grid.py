@@ -252,7 +252,7 @@ def references(args, w, seed):
         res = ev.evaluate(model, tok, w["evalset"], beliefs, eargs, "base", fluency(args, eargs), retain_R)
     refs["base"] = dict(summary=res["summary"])
     refs.update(retain_R=retain_R, world=fingerprint(args))
-    with bs.atomic_dir(os.path.dirname(path), replace=lambda old: not os.path.exists(path)) as tmp:  # (a stray one)
+    with bs.atomic_dir(os.path.dirname(path)) as tmp:  # (a folder there with anything in it is left alone)
         with open(os.path.join(tmp, "refs.json"), "w") as f:
             json.dump(refs, f)
     say(f"{w['key']}: references in {time.time() - t0:.0f} s")
