@@ -26,7 +26,6 @@ and a setting stopped on any tuning seed cannot be chosen. The tables go to stdo
 every number to <out_root>/table.json.
 """
 import json
-import math
 import os
 import shlex
 import statistics
