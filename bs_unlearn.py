@@ -27,9 +27,7 @@ Run (fully offline; the first run builds and caches a tiny model on generated da
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, wga, simnpo, rmu, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
 TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
-
-Where this code departs from the paper and its public code, and why: the numbered list at the end of this
-file (the code says "deviation N" where one applies).
+Where this code departs from the paper and its public code, and why: "deviation N", listed at the end.
 """
 import copy
 import functools
@@ -41,9 +39,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-# not the method: one-line errors (also for bad flags: Parser, number), row files, loading and saving models,
-# run folders written whole (atomic_dir, check_writable, load_tokenizer, quiet, save_model: for eval.py,
-# the notebooks and the tests, as bs.<name>)
+# not the method: one-line errors, row files, loading and saving models, run folders written whole (some of
+# these names are here for eval.py, the notebooks and the tests, as bs.<name>)
 from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, check_out_dir,  # noqa: F401
                       check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows,
                       run_dir, run_main, save_model, save_run, say)
@@ -62,43 +59,33 @@ def get_args(argv=None):
     count, positive, fraction = number(int, 1), number(float, 0, above=True), number(float, 0, 1)
     # what to unlearn, from which model
     p.add_argument("--method", default="bs_s", choices=METHODS, help="finetune: plain NLL on all the data")
-    p.add_argument("--model", default="toy",
-                   help="'toy' (built and cached offline), a HF id, a local folder\n"
-                        "or a .gguf file (dequantized; the output is a normal HF folder)")
+    p.add_argument("--model", default="toy", help="'toy' (built offline), a HF id, a folder or a .gguf file")
     p.add_argument("--data", default="toy", choices=["toy", "tofu"], help="generated toy authors or TOFU")
     p.add_argument("--data_dir", default=None, help="read TOFU splits from local files instead of the hub")
     p.add_argument("--forget_split", default="forget10", choices=["forget01", "forget05", "forget10"],
                    help="forget the last 1/5/10%% of authors; retain = the rest")
-    p.add_argument("--forget_pct", type=int, choices=[1, 5, 10], default=None, help="same as --forget_split")
-    # the prompt: open-unlearning's TOFU models were trained with "You are a helpful assistant." and, for
-    # Llama-3 templates (which otherwise write today's date into every prompt), the date "10 Apr 2025"
+    # open-unlearning's TOFU models: "You are a helpful assistant." and, for Llama-3 (whose template
+    # otherwise prints today's date), "10 Apr 2025"
     p.add_argument("--system_prompt", default=None, help="a system turn before each question (default: none)")
     p.add_argument("--date_string", default=None, help="the date for chat templates that print one")
     p.add_argument("--out_dir", default=None, help="where to save the model (default: runs/<method>)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the finished run in --out_dir once the new one is complete\n"
-                        "(a folder holding anything else is never replaced)")
-    # optimisation (defaults: the embedded toy example on a CPU; see the docstring for TOFU)
+                   help="replace a finished run in --out_dir (a folder holding anything else: never)")
+    # optimisation (defaults: the toy on a CPU; the README has TOFU's)
     p.add_argument("--epochs", type=positive, default=10, help="passes over the forget set (may be fractional)")
-    p.add_argument("--batch_size", type=count, default=16,
-                   help="forget examples per micro-step (torchrun: per GPU)")
+    p.add_argument("--batch_size", type=count, default=16, help="forget examples per micro-step (per GPU)")
     p.add_argument("--grad_accum", type=count, default=1, help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=positive, default=3e-4,  # toy: 1e-4 forgets nothing, 5e-4 wrecks retain
-                   help="peak learning rate of AdamW")
+    p.add_argument("--lr", type=positive, default=3e-4, help="peak learning rate of AdamW")
     p.add_argument("--warmup_epochs", type=number(float, 0), default=1.0, help="linear warmup, then decay")
     p.add_argument("--weight_decay", type=number(float, 0), default=0.01, help="AdamW's, on matrices only")
     p.add_argument("--max_grad_norm", type=positive, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--allow_divergence", action="store_true",
-                   help="train on when the retain term rises by more than ln V nats per answer token (a\n"
-                        "uniform guess over the vocabulary); by default the run stops there, saving nothing")
-    # loss weights and the retain term
-    p.add_argument("--gamma", type=number(float, 0), default=None,
-                   help="weight of the forget term (default: 1; SimNPO 0.125, as open-unlearning)")
-    p.add_argument("--alpha", type=number(float, 0), default=1.0, help="weight of the retain term (0: none)")
+                   help="train on past a diverged retain term (default: stop, save nothing; deviation 8)")
+    # the loss: gamma * L_forget + alpha * L_retain
+    p.add_argument("--gamma", type=number(float, 0), default=None, help="forget weight (1; SimNPO: 0.125)")
+    p.add_argument("--alpha", type=number(float, 0), default=1.0, help="retain weight (0: no retain term)")
     p.add_argument("--retain_loss", default=None, choices=["nll", "kl", "embed"],
-                   help="NLL, KL(pi_o || pi_theta), or embed: RMU's distance to pi_o's hidden states\n"
-                        "(default: embed for RMU, nll otherwise)")
-    # objectives
+                   help="NLL, KL(pi_o || pi_theta) or RMU's hidden-state distance (nll; RMU: embed)")
     p.add_argument("--npo_beta", type=positive, default=0.1, help="NPO's inverse temperature beta")
     p.add_argument("--bst_topk", type=count, default=20, help="BS-T: the model's k most likely next tokens")
     p.add_argument("--bst_lambda", type=fraction, default=0.2, help="weight of the model's top-k beliefs")
@@ -111,20 +98,18 @@ def get_args(argv=None):
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
     p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
-    p.add_argument("--micro_batch", type=count, default=32, help="BS-S: beliefs per forward+backward chunk")
+    p.add_argument("--bss_chunk", type=count, default=32, help="beliefs per forward+backward (memory)")
     baselines.add_args(p)  # --wga_a, --simnpo_beta, --simnpo_delta, --rmu_layer, --rmu_c
     # system
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--bf16_rounding", default="stochastic", choices=["stochastic", "nearest"],
-                   help="how AdamW stores new bf16 weights: stochastic (BF16AdamW) or nearest (torch's\n"
-                        "AdamW, as bf16 trainers do; it drops updates under half a bf16 step)")
+                   help="bf16 weights' AdamW steps: stochastic rounding or nearest (deviation 7)")
     p.add_argument("--gen_batch_size", type=count, default=64, help="prompts per generate() and scoring batch")
     scaling.add_args(p)  # bigger models: --fsdp under torchrun, --lora_r and friends
     p.add_argument("--seed", type=int, default=0, help="batch order, sampled beliefs (and the toy model)")
-    p.add_argument("--sample_every", type=number(int, 0), default=0,
-                   help="print greedy answers every N steps (0: once an epoch)")
+    p.add_argument("--sample_every", type=number(int, 0), default=0, help="print answers every N steps (0: epoch)")
     p.add_argument("--cache_dir", help="the toy models' home ($BS_UNLEARN_CACHE, else ~/.cache/bs_unlearn)",
                    default=os.environ.get("BS_UNLEARN_CACHE", os.path.expanduser("~/.cache/bs_unlearn")))
     args = p.parse_args(argv)
@@ -132,8 +117,6 @@ def get_args(argv=None):
         fail(f"--bss_keep {args.bss_keep} is more than --bss_n {args.bss_n}")
     scaling.check_args(args)
     baselines.set_defaults(args)  # --gamma 1 (SimNPO: 0.125), --retain_loss nll (RMU: embed)
-    if args.forget_pct is not None:
-        args.forget_split = f"forget{args.forget_pct:02d}"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
     return args
 
@@ -205,19 +188,13 @@ def collate(examples, pad_id, side="right"):
     """Pad a list of encoded examples. The attention mask comes from lengths, never from `ids != pad_id`
     (models that pad with EOS would otherwise hide their real EOS). Position ids count real tokens only."""
     T = max(len(e["input_ids"]) for e in examples)
-    ids, labels, mask = [], [], []
-    for e in examples:
-        n, pad = len(e["input_ids"]), T - len(e["input_ids"])
-        if side == "right":
-            ids.append(e["input_ids"] + [pad_id] * pad)
-            labels.append(e["labels"] + [-100] * pad)
-            mask.append([1] * n + [0] * pad)
-        else:
-            ids.append([pad_id] * pad + e["input_ids"])
-            labels.append([-100] * pad + e["labels"])
-            mask.append([0] * pad + [1] * n)
-    mask = torch.tensor(mask)
-    batch = dict(input_ids=torch.tensor(ids), labels=torch.tensor(labels), attention_mask=mask,
+
+    def pad(seq, fill):  # to length T: on the right for training, on the left for generation
+        return seq + [fill] * (T - len(seq)) if side == "right" else [fill] * (T - len(seq)) + seq
+    ids = torch.tensor([pad(e["input_ids"], pad_id) for e in examples])
+    labels = torch.tensor([pad(e["labels"], -100) for e in examples])
+    mask = torch.tensor([pad([1] * len(e["input_ids"]), 0) for e in examples])
+    batch = dict(input_ids=ids, labels=labels, attention_mask=mask,
                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
     if "ref_logp" in examples[0]:  # NPO: each example's reference log-prob (attach_ref_logps), as a batch
         batch["ref_logps"] = torch.tensor([e["ref_logp"] for e in examples])
@@ -306,8 +283,8 @@ def bst_targets(logits, labels, k=20, lam=0.2, temperature=1.0):
     logits, labels = logits[:, :-1].detach().float(), labels[:, 1:]
     top, idx = logits.topk(min(k, logits.shape[-1]), dim=-1)  # (B, T-1, k)
     q = F.softmax(top / temperature, dim=-1)
-    idx = torch.cat([idx, labels.clamp(min=0).unsqueeze(-1)], -1)  # (B, T-1, k+1); masked positions: any id
-    # (bst_loss zeroes them)
+    # (B, T-1, k+1); at masked positions (label -100) any id will do, as bst_loss zeroes them
+    idx = torch.cat([idx, labels.clamp(min=0).unsqueeze(-1)], -1)
     w = torch.cat([lam * q, torch.full_like(q[..., :1], 1 - lam)], -1)
     return idx, w
 
@@ -517,12 +494,12 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     base = args.bss_base if args.method == "bs_s" else args.method  # BS-S applies its base loss (Eq. 7)
     if ref_model is None and needs_ref_model(args):  # pi_o for the retain term: a frozen copy of the start
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step, scored once
+    if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step (deviation 5)
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0
-    # stops a run whose retain term rises by more than ln V nats per answer token (so it needs the retain
-    # answers' lengths; not for RMU's retain term, a distance) or turns NaN
+    # stops a run whose retain term rises by more than ln V nats per answer token (deviation 8; so it needs
+    # the retain answers' lengths; not for RMU's retain term, a distance) or turns NaN
     in_nats = use_retain and args.retain_loss != "embed" and not args.allow_divergence
     check = StepCheck(len(tok), retain_ex if in_nats else [])
     opt = make_optimizer(model, args)
@@ -541,32 +518,28 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         for micro in range(args.grad_accum):
             idx = next(forget_batches)
             target_ex = [forget_ex[i] for i in idx]
-            if args.method == "bs_s":
-                r = belief_round(args, step, micro, micro_per_epoch)  # once, or again every --bss_regen epochs
-                if r != beliefs_round:
+            if args.method == "bs_s":  # Eq. 7: L_forget = (1 - lam) * L(targets) + lam * mean_j L(belief_j)
+                r = belief_round(args, step, micro, micro_per_epoch)  # 0, or one more every --bss_regen epochs
+                if r != beliefs_round:  # sampled here at the first micro-step (unless handed in), and per round
                     beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
-                # Eq. 7: L_forget = (1 - lam) L(targets) + lam * mean_j L(belief_j). The belief term first, as
-                # nothing else holds activations yet: the mean runs over this batch's beliefs in chunks of
-                # --micro_batch, each chunk's share of the objective backpropagated at once, so memory stays
-                # flat in N; in one process chunk c weighs w_c = |c| / |mine|, and the w_c sum to 1.
-                lam, L_beliefs = args.bss_lambda, 0.0
-                mine = [b for i in idx for b in beliefs[i]] or target_ex  # (empty only if handed empty lists)
-                mine = sorted(mine, key=lambda b: len(b["input_ids"]))  # similar lengths: less padding
-                for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):  # w = |chunk| / |mine|
-                    # (on K ranks the weights count every rank's beliefs, and FSDP adds weightless chunks)
-                    chunk = make_batch(tok, chunk, model)
-                    L_chunk = forget_loss(model, chunk, base, args)
-                    (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
+                # The belief term first, over this batch's beliefs (`mine`, sorted by length: less padding) in
+                # chunks of --bss_chunk, so memory stays flat in N: chunk c's part of the objective,
+                # gamma * lam * w * L(c), is backpropagated right away. In one process w = len(chunk) / len(mine),
+                # so the w sum to 1 and L_beliefs is the mean over the beliefs.
+                mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
+                L_beliefs = 0.0
+                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: see there)
+                    L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
+                    (args.gamma * args.bss_lambda * w * L_chunk / args.grad_accum).backward()
                     L_beliefs += w * L_chunk.detach()
-            targets = make_batch(tok, target_ex, model)
-            L_forget = forget_loss(model, targets, base, args)
-            if args.method == "bs_s":  # Eq. 7; note: its belief term, detached here, is in .grad already, so
-                L_forget = bss_loss(L_forget, L_beliefs, lam)  # the backward below adds the rest of the gradient
+            L_forget = forget_loss(model, make_batch(tok, target_ex, model), base, args)
+            if args.method == "bs_s":  # Eq. 7, whose belief term is in .grad already (so detached here)
+                L_forget = bss_loss(L_forget, L_beliefs, args.bss_lambda)
             L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
                 retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
                 L_retain = retain_loss(model, retain_batch, args, ref_model)
-            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective (BS-S: see the note above)
+            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
             (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
             forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
             retain += L_retain.detach() / args.grad_accum
@@ -644,20 +617,17 @@ if __name__ == "__main__":
 # -----------------------------------------------------------------------------------------------------
 # Deviations from the paper and its public code:
 # 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
-# 2. BS-S's base loss defaults to BS-T (the paper's best); beliefs are sampled once from the starting model
-#    (off-policy) by default, because resampling from a model that is being unlearned feeds it its own
-#    degenerate text (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
+# 2. BS-S's base loss is BS-T by default (the paper's best). Beliefs are sampled once from the starting model
+#    (off-policy), because resampling from a model that is being unlearned feeds it its own degenerate text
+#    (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
 # 3. Belief terms run in chunks with one backward each, so memory does not grow with N.
-# 4. Every loss is a per-sequence *sum* over answer tokens, averaged over sequences (the equations are
-#    written on sequence log-probs). HF's `.loss` is a token mean; with AdamW the overall scale barely
-#    matters, but the forget/retain balance is in sequence units here: for GA, WGA and BS-T it is
-#    open-unlearning's (both of its terms are token means), while NPO and SimNPO, one number per sequence,
-#    meet a retain term about |y_r| times heavier than there.
-# 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the
-#    reference model is kept in memory only for the KL (or RMU's hidden-state) retain term or on-policy NPO
-#    beliefs.
+# 4. Every loss sums over answer tokens and averages over sequences (the equations use sequence log-probs;
+#    HF's `.loss` is a token mean). So the forget/retain balance is open-unlearning's for GA, WGA and BS-T,
+#    while NPO and SimNPO, one number per sequence, meet a retain term about |y_r| times heavier than there.
+# 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the reference
+#    model stays in memory only for the KL or RMU retain term, or for resampled NPO beliefs.
 # 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
-# 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates far
-#    below bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
-# 8. A run whose retain term rises above its first step's by more than ln V nats per answer token (the cost
-#    of a uniform guess over the vocabulary) has diverged: it stops instead of saving a broken model.
+# 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates below
+#    bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
+# 8. A run whose retain term rises above its first step's by more than ln V nats per answer token (a uniform
+#    guess over the vocabulary) has diverged: it stops instead of saving a broken model.

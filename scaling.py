@@ -157,10 +157,10 @@ def lockstep(batches, model):
 
 
 def weighted_chunks(items, size, model):
-    """Chunks of at most `size` items, each with its share of the mean over all items, len(chunk) / n; in one
-    process these weights sum to 1. On K ranks n counts every rank's items and the weights sum to K on each
-    rank, since gradients are averaged over the ranks; under FSDP weightless extra chunks keep the ranks in
-    lockstep."""
+    """Chunks of at most `size` items, each with its weight in the mean over the items. In one process that is
+    len(chunk) / len(items), and the weights sum to 1. On K ranks the mean runs over every rank's items, n in
+    all, so a chunk weighs K * len(chunk) / n: sync_grads divides the ranks' summed gradients by K. Under
+    FSDP, extra chunks of weight 0 give every rank as many forwards as the busiest."""
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     sizes = counts(len(items))  # every rank's number of items; [len(items)] in one process
     K, n = len(sizes), sum(sizes)

@@ -119,7 +119,7 @@ def get_args(argv=None):
 
 
 # bs_unlearn flags that the grid sets, or that its one-process runs do not use: not accepted in --flags
-NOT_IN_FLAGS = ("model", "data", "data_dir", "forget_split", "forget_pct", "system_prompt", "date_string",
+NOT_IN_FLAGS = ("model", "data", "data_dir", "forget_split", "system_prompt", "date_string",
                 "out_dir", "overwrite", "device", "dtype", "cache_dir", "lora_r", "fsdp")
 # what a world's runs and references depend on besides bs_unlearn's flags: kept with every result, checked on
 # a rerun, so a folder never mixes worlds

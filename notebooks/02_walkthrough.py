@@ -330,7 +330,7 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 # with $L$ the base loss (BS-T) and the $n$ beliefs those of the batch's forget examples ($N$ each). One
 # forward over all $n$ beliefs would keep the activations of $n$ sequences until the backward, so memory
 # would grow with $N$ (the paper's authors ran out of it at $N = 10$). So `train` sorts the beliefs by
-# length (less padding in a chunk), cuts them into chunks of at most `--micro_batch`, and backpropagates
+# length (less padding in a chunk), cuts them into chunks of at most `--bss_chunk`, and backpropagates
 # each chunk $c$ at once, with weight
 #
 # $$\frac{\gamma\, \lambda\, w_c}{\text{grad\_accum}}, \qquad w_c = \frac{|c|}{n}, \qquad \sum_c w_c = 1.$$
@@ -357,18 +357,18 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 # weights sum to 1, and nothing is averaged.
 #
 # The check below asks `weighted_chunks` for the chunks of 4 forget examples' beliefs (sampled in section
-# 5.4). Three flags move from their defaults, so that no factor of a chunk's weight is 1: `--micro_batch 5`
+# 5.4). Three flags move from their defaults, so that no factor of a chunk's weight is 1: `--bss_chunk 5`
 # (chunks of unequal size), `--grad_accum 2` and `--gamma 0.5`.
 
 # %%
 import scaling
 
-step_args = bs.get_args(["--method", "bs_s", "--micro_batch", "5", "--grad_accum", "2", "--gamma", "0.5"])
+step_args = bs.get_args(["--method", "bs_s", "--bss_chunk", "5", "--grad_accum", "2", "--gamma", "0.5"])
 idx = [0, 1, 2, 3]  # the forget examples of one batch
 mine = sorted([b for i in idx for b in beliefs[i]], key=lambda b: len(b["input_ids"]))  # as train sorts them
-chunks = scaling.weighted_chunks(mine, step_args.micro_batch, base)
+chunks = scaling.weighted_chunks(mine, step_args.bss_chunk, base)
 total_weight = sum(w for _, w in chunks)
-print(f"{len(mine)} beliefs in chunks of at most {step_args.micro_batch}: "
+print(f"{len(mine)} beliefs in chunks of at most {step_args.bss_chunk}: "
       f"sizes {[len(c) for c, _ in chunks]}, weights {[round(w, 4) for _, w in chunks]}, sum {total_weight}")
 claim("in one process the chunk weights sum to 1", abs(total_weight - 1) < 1e-12)
 
@@ -393,18 +393,15 @@ def bss_micro_step(model, idx, r_idx, args):
     the model's .grad; returns the two terms as logged, and each chunk's weight and loss."""
     base_method = args.bss_base  # (train calls it `base`; in this notebook `base` is the starting model)
     target_ex = [forget_ex[i] for i in idx]
-    lam, L_beliefs, parts = args.bss_lambda, 0.0, []
-    mine = [b for i in idx for b in beliefs[i]] or target_ex
-    mine = sorted(mine, key=lambda b: len(b["input_ids"]))
-    for chunk, w in scaling.weighted_chunks(mine, args.micro_batch, model):
-        chunk = bs.make_batch(tok, chunk, model)
-        L_chunk = bs.forget_loss(model, chunk, base_method, args)
-        (args.gamma * lam * w * L_chunk / args.grad_accum).backward()
+    mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
+    L_beliefs, parts = 0.0, []
+    for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):
+        L_chunk = bs.forget_loss(model, bs.make_batch(tok, chunk, model), base_method, args)
+        (args.gamma * args.bss_lambda * w * L_chunk / args.grad_accum).backward()
         L_beliefs += w * L_chunk.detach()
         parts.append((w, L_chunk.item()))
-    targets = bs.make_batch(tok, target_ex, model)
-    L_forget = bs.forget_loss(model, targets, base_method, args)
-    L_forget = bs.bss_loss(L_forget, L_beliefs, lam)
+    L_forget = bs.forget_loss(model, bs.make_batch(tok, target_ex, model), base_method, args)
+    L_forget = bs.bss_loss(L_forget, L_beliefs, args.bss_lambda)
     retain_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], model)
     L_retain = bs.retain_loss(model, retain_batch, args)
     loss = args.gamma * L_forget + args.alpha * L_retain
