@@ -178,13 +178,16 @@ def sync_grads(model):
     if world() == 1 or is_sharded(model):
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:  # a parameter no loss touched still takes part, so the ranks' lists line up
-            p.grad = torch.zeros_like(p)
+    untouched = [p for p in params if p.grad is None]
+    for p in untouched:  # a parameter no loss touched here still takes part, so the ranks' lists line up
+        p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
     for h in [dist.all_reduce(g, async_op=True) for g in grads]:
         h.wait()
     torch._foreach_div_(grads, world())
+    for p in untouched:  # one no rank touched (RMU: the layers above its own) stays out of AdamW's step, as in
+        if not p.grad.any():  # one process, where its gradient is None: a zero one would still decay it
+            p.grad = None
 
 
 def average(*values):

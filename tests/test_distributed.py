@@ -160,6 +160,30 @@ def test_share_and_gather_pad_unequal_splits(monkeypatch):
     assert scaling.gather(lambda xs: [x.upper() for x in xs], items) == list("ABCDE")
 
 
+def test_sync_grads_leaves_untouched_parameters_out(monkeypatch):
+    # RMU's loss never reaches the layers above its own: in one process their .grad stays None and AdamW
+    # skips them; on K ranks they must not come back as zeros, which AdamW's weight decay would still move
+    monkeypatch.setattr(scaling, "world", lambda: 2)
+
+    def step(other_rank):  # fake all_reduce: adds the other rank's gradient, other_rank(g)
+        def all_reduce(g, async_op):
+            g += other_rank(g)
+            return type("Handle", (), {"wait": lambda self: None})()
+        monkeypatch.setattr(scaling.dist, "all_reduce", all_reduce)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+        model[0](torch.ones(3)).sum().backward()  # this rank's loss touches the first layer only
+        g0 = model[0].weight.grad.clone()
+        scaling.sync_grads(model)
+        return model, g0
+
+    model, g0 = step(lambda g: g.clone())  # the other rank: the same gradients, so none for the second layer
+    torch.testing.assert_close(model[0].weight.grad, g0)
+    assert all(p.grad is None for p in model[1].parameters())
+    model, g0 = step(lambda g: torch.ones_like(g))  # the other rank touched every parameter
+    torch.testing.assert_close(model[0].weight.grad, (g0 + 1) / 2)
+    assert all((p.grad == 0.5).all() for p in model[1].parameters())
+
+
 def test_main_under_torchrun_fsdp(toy_cache, tmp_path):
     # the whole script on 2 ranks with FSDP2: BS-S on NPO (reference log-probs split over the ranks, confident
     # beliefs scored in step) with the KL term (a sharded reference); one log, one saved full model on rank 0
