@@ -354,13 +354,14 @@ def retain_loss(model, batch, args, ref_model=None):
 
 
 def needs_ref_logps(args):
-    """NPO (alone or as BS-S's base) compares with the starting model's log-probs."""
+    """NPO (alone or as BS-S's base) compares with the starting model's log-probs: a number per example,
+    computed once before training (attach_ref_logps; deviation 5)."""
     return args.method == "npo" or (args.method == "bs_s" and args.bss_base == "npo")
 
 
 def needs_ref_model(args):
-    """Whether training needs the frozen starting model pi_o after its first step: for the KL or hidden-state
-    retain term, or for NPO's log-probs of beliefs resampled later (see attach_ref_logps)."""
+    """Whether training needs the frozen starting model pi_o itself, after its first step: for the KL or
+    hidden-state retain term, or for NPO's log-probs of beliefs resampled mid-training."""
     retain_on_ref = args.alpha > 0 and args.retain_loss in ("kl", "embed") and args.method != "finetune"
     return retain_on_ref or (needs_ref_logps(args) and args.bss_regen > 0)
 
@@ -431,11 +432,11 @@ def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0, ref_
     return beliefs
 
 
-def attach_ref_logps(ref_model, tok, examples, batch_size=64):
-    """NPO's reference log-probs, computed once: the reference model is frozen and the data fixed. (On
-    torchrun's ranks each scores its share, and all get every example's.)"""
+def attach_ref_logps(start_model, tok, examples, batch_size=64):
+    """NPO's log pi_o(y|x) for each example, under the starting model (the model itself before its first step,
+    or the frozen copy), computed once. (On torchrun's ranks each scores its share; all get every example's.)"""
     def ref_logps(part):
-        return score(ref_model, tok, part, batch_size)["logp"].tolist()
+        return score(start_model, tok, part, batch_size)["logp"].tolist()
     for e, lp in zip(examples, scaling.gather(ref_logps, examples)):
         e["ref_logp"] = lp
 
