@@ -279,7 +279,8 @@ def npo_loss(policy_logps, ref_logps, beta=0.1):
 def bst_targets(logits, labels, k=20, lam=0.2, temperature=1.0):
     """Eqs. 5-6, the BS-T soft target, stored sparsely: t_i = lam * q_i + (1 - lam) * onehot(y_i), q_i the
     model's own top-k next-token distribution (renormalised, stop-gradient). Returns the (B, T-1, k+1)
-    vocabulary indices and weights (the top-k, then the label); the weights sum to 1 at every position."""
+    vocabulary indices and weights (the top-k, then the label); the weights sum to 1 at every position, and a
+    label that is also in the top-k gets both of its weights (gather reads the same log-prob twice)."""
     logits, labels = logits[:, :-1].detach().float(), labels[:, 1:]
     top, idx = logits.topk(min(k, logits.shape[-1]), dim=-1)  # (B, T-1, k)
     q = F.softmax(top / temperature, dim=-1)
@@ -488,7 +489,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
     Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
     torch.manual_seed(args.seed)
-    global_batch = args.batch_size * scaling.world()  # torchrun: K ranks share every batch (K = 1 here)
+    global_batch = args.batch_size * scaling.world()  # torchrun: K ranks share every batch (one process: K = 1)
     micro_per_epoch = math.ceil(len(forget_ex) / global_batch)
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak too
@@ -498,7 +499,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step (deviation 5)
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
-    use_retain = args.alpha > 0 and len(retain_ex) > 0
+    use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
     # stops a run whose retain term rises by more than ln V nats per answer token (deviation 8; so it needs
     # the retain answers' lengths; not for RMU's retain term, a distance) or turns NaN
     in_nats = use_retain and args.retain_loss != "embed" and not args.allow_divergence
@@ -526,7 +527,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # The belief term first, over this batch's beliefs (`mine`, sorted by length: less padding) in
                 # chunks of --bss_chunk, so memory stays flat in N: chunk c's part of the objective,
                 # gamma * lam * w * L(c), is backpropagated right away. In one process w = len(chunk) / len(mine),
-                # so the w sum to 1 and L_beliefs is the mean over the beliefs.
+                # so the w sum to 1 and L_beliefs is the mean over the beliefs. With the backward below, .grad
+                # gets gamma * ((1 - lam) * grad L(targets) + lam * sum_c w * grad L(c)): the gradient of Eq. 7.
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
                 for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: see there)

@@ -731,6 +731,19 @@ def test_finetune_raises_forget_logprob(toy_cache):
     assert f1 > f0 + 50, (f0, f1)
 
 
+def test_finetune_has_no_retain_term(toy_cache):
+    # finetune is plain NLL on the data it is given: retain examples (and a KL flag) are not a retain term,
+    # so the weights equal those of the same run without them, and no reference model is needed
+    start, tok = bs.load_model(toy_cache[2], CPU)
+    forget_ex, retain_ex = toy_examples(tok)
+    args = ["--epochs", "0.5", "--retain_loss", "kl"]
+    with_retain, without = copy.deepcopy(start), copy.deepcopy(start)
+    bs.train(with_retain, tok, forget_ex, retain_ex, train_args("finetune", *args))
+    bs.train(without, tok, forget_ex, [], train_args("finetune", *args))
+    for (k, a), b in zip(with_retain.state_dict().items(), without.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_loss_stops(toy, monkeypatch, bad):
     def broken_loss(model, batch, method, args):
