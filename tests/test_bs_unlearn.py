@@ -648,7 +648,7 @@ def test_bss_zero_lambda_equals_base_in_training(toy):
         assert torch.allclose(p, q, atol=1e-6), n
 
 
-def test_bss_micro_batches_do_not_change_the_loss(toy, tmp_path):
+def test_bss_chunks_do_not_change_the_loss(toy, tmp_path):
     # 16 forget examples x 3 beliefs = 48 per step: one micro-batch vs 7 unequal ones must give the same terms
     _, one = run_train(toy, "bs_s", "--epochs", "0.5", "--bss_chunk", "1000", tmp_path=tmp_path / "a")
     _, many = run_train(toy, "bs_s", "--epochs", "0.5", "--bss_chunk", "7", tmp_path=tmp_path / "b")
