@@ -233,7 +233,7 @@ def autocast(model):
 def forward(model, batch, layer=None):
     """The logits (B, T, V); with layer=L, the hidden states after decoder layer L instead (B, T, d; RMU)."""
     device = next(model.parameters()).device
-    hidden = {} if layer is None else dict(output_hidden_states=True)
+    hidden = {} if layer is None else dict(output_hidden_states=True, logits_to_keep=1)  # (no (B, T, V) logits)
     with autocast(model):
         out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device), **hidden)
