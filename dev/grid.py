@@ -318,9 +318,11 @@ def run(args, method, s, split, seed):
 
 
 def mean_agg(results):
-    """Mean Agg over runs; None if any run is missing or stopped."""
-    if not results or any(r is None or "stopped" in r for r in results):
+    """Mean Agg over runs; None if any run stopped, "not run" if one is missing (--tables_only)."""
+    if any(r is not None and "stopped" in r for r in results):
         return None
+    if not results or None in results:
+        return "not run"
     return statistics.mean(r["summary"]["agg"] for r in results)
 
 
@@ -329,7 +331,7 @@ def tune(args, split, method):
     scores = {}
     for s in grid(args, method):
         scores[label(s)] = (s, mean_agg([run(args, method, s, split, seed) for seed in args.tune_seeds]))
-    ok = {k: v for k, v in scores.items() if v[1] is not None}
+    ok = {k: v for k, v in scores.items() if isinstance(v[1], float)}
     chosen = max(ok.values(), key=lambda v: v[1])[0] if ok else None
     return {k: v[1] for k, v in scores.items()}, chosen
 
@@ -431,8 +433,11 @@ def main(argv=None):
         for m, per_split in tuning.items():
             for sp, t in per_split.items():
                 lines.append(f"- {NAMES[m]} {sp}: " + ", ".join(
-                    f"{k}{'*' if k == t['chosen'] else ''} {'stopped' if v is None else f'{v:.3f}'}"
+                    f"{k}{'*' if k == t['chosen'] else ''} "
+                    f"{'stopped' if v is None else v if isinstance(v, str) else f'{v:.3f}'}"
                     for k, v in t["scores"].items()))
+        if any(v == "not run" for t in tuning.values() for p in t.values() for v in p["scores"].values()):
+            lines += ["", "A setting not run yet is left out of the choice, which may change once it has run."]
         parts.append("\n".join(lines))
     elif tuned:
         parts.append(f"Every setting, on seeds {seeds} (mean ± sample sd):")

@@ -133,3 +133,23 @@ def test_cell_mean_and_sample_sd():
     assert grid.cell(grid.stat([-1.0, -3.0]), "+.2f") == "-2.00 ± 1.41"
     assert grid.cell(grid.stat([0.5])) == "0.500"
     assert grid.cell(None) == "-"
+
+
+def test_tables_only_says_what_has_not_run(tiny, tmp_path, monkeypatch):
+    # --tables_only with one more learning rate than ran: that setting reads "not run" (not "stopped"), the
+    # choice stays among the finished ones, the table says so, and nothing trains
+    argv, out, table = tiny
+    import shutil
+    shutil.copytree(out, tmp_path / "copy")
+
+    def no_training(*a, **k):
+        raise AssertionError("--tables_only trained a run")
+    monkeypatch.setattr(bs, "train", no_training)
+    more = [a if a != "3e-4,1e-3,10" else "3e-4,1e-3,10,3e-3" for a in argv]
+    more[more.index("--out_root") + 1] = str(tmp_path / "copy")
+    again = grid.main(more + ["--tables_only"])
+    for m, lab in (("ga", "lr0.003"), ("bs_s", "lr0.003_lam0.5")):
+        assert again["tuning"][m]["forget10"]["scores"][lab] == "not run"
+        assert again["tuning"][m]["forget10"]["chosen"] == table["tuning"][m]["forget10"]["chosen"]
+    text = open(tmp_path / "copy" / "table.md").read()
+    assert "lr0.003 not run" in text and "lr10 stopped" in text and "left out of the choice" in text
