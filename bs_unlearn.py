@@ -499,6 +499,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step (deviation 5)
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
+    if beliefs is not None and not all(beliefs):
+        fail("train: every forget example needs at least one belief (an empty list was handed in)")
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
     # stops a run whose retain term rises by more than ln V nats per answer token (deviation 8; so it needs
     # the retain answers' lengths; not for RMU's retain term, a distance) or turns NaN
@@ -528,7 +530,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # chunks of --bss_chunk, so memory stays flat in N: chunk c's part of the objective,
                 # gamma * lam * w * L(c), is backpropagated right away. In one process w = len(chunk) / len(mine),
                 # so the w sum to 1 and L_beliefs is the mean over the beliefs. With the backward below, .grad
-                # gets gamma * ((1 - lam) * grad L(targets) + lam * sum_c w * grad L(c)): the gradient of Eq. 7.
+                # gets gamma * ((1 - lam) * grad L(targets) + lam * sum_c w * grad L(c)), Eq. 7's gradient (plus
+                # alpha * grad L_retain; all divided by grad_accum).
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
                 for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: see there)

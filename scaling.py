@@ -178,16 +178,18 @@ def sync_grads(model):
     if world() == 1 or is_sharded(model):
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    untouched = [p for p in params if p.grad is None]
-    for p in untouched:  # a parameter no loss touched here still takes part, so the ranks' lists line up
-        p.grad = torch.zeros_like(p)
+    touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=_device())
+    dist.all_reduce(touched)  # which parameters some rank's loss reached: the same answer on every rank
+    # the others (RMU: the layers above its own) keep a None gradient and stay out of AdamW's step, as in one
+    # process (a zero gradient would still be decayed)
+    params = [p for p, t in zip(params, touched.tolist()) if t]
+    for p in params:
+        if p.grad is None:  # reached on another rank, not here: a zero, so the ranks' lists line up
+            p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
     for h in [dist.all_reduce(g, async_op=True) for g in grads]:
         h.wait()
     torch._foreach_div_(grads, world())
-    for p in untouched:  # one no rank touched (RMU: the layers above its own) stays out of AdamW's step, as in
-        if not p.grad.any():  # one process, where its gradient is None: a zero one would still decay it
-            p.grad = None
 
 
 def average(*values):

@@ -331,7 +331,7 @@ def tune(args, split, method):
     scores = {}
     for s in grid(args, method):
         scores[label(s)] = (s, mean_agg([run(args, method, s, split, seed) for seed in args.tune_seeds]))
-    ok = {k: v for k, v in scores.items() if isinstance(v[1], float)}
+    ok = {k: v for k, v in scores.items() if v[1] not in (None, "not run")}
     chosen = max(ok.values(), key=lambda v: v[1])[0] if ok else None
     return {k: v[1] for k, v in scores.items()}, chosen
 

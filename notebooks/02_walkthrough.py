@@ -258,7 +258,7 @@ claim("BS-T with lambda = 0 is exactly GA", torch.isclose(bst0, ga, atol=1e-5))
 # code reused the first batch's samples for every batch). `bs.forget_loss(model, batch, method, args)` is
 # the forget term of any method on one batch (its forward included); BS-S applies its base method (`args.bss_base`) to the targets
 # and to the beliefs, and `bs.bss_loss` is the weighted sum. The training loop computes the same sum
-# micro-batch by micro-batch, so memory does not grow with $N$ (section 6 checks that it is the same).
+# chunk by chunk (`--bss_chunk`), so memory does not grow with $N$ (section 6 checks that it is the same).
 
 # %%
 bss_args = bs.get_args(["--method", "bs_s"])
@@ -448,7 +448,7 @@ claim("the gradient the chunked micro-step leaves in .grad is that of Eq. 7's ob
 # ## 7. A short training run
 #
 # `bs.train(model, tok, forget_ex, retain_ex, args)` runs AdamW with a linear warmup and decay. Each step
-# pairs a forget batch (for BS-S: the targets, then their beliefs in micro-batches) with a retain batch, and
+# pairs a forget batch (for BS-S: the targets, then their beliefs in chunks) with a retain batch, and
 # logs the two terms separately: one line per step on stdout, the same numbers as JSON lines in `log_path`.
 # Once an epoch it prints the greedy answer to one forget and one retain question. Here is BS-S at the
 # defaults: 10 epochs of 4 steps.

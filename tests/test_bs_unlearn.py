@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import bs_unlearn as bs
+from conftest import one_line_error
 import eval as ev
 import toy_world
 
@@ -649,7 +650,7 @@ def test_bss_zero_lambda_equals_base_in_training(toy):
 
 
 def test_bss_chunks_do_not_change_the_loss(toy, tmp_path):
-    # 16 forget examples x 3 beliefs = 48 per step: one micro-batch vs 7 unequal ones must give the same terms
+    # 16 forget examples x 3 beliefs = 48 per step: one chunk vs 7 unequal ones must give the same terms
     _, one = run_train(toy, "bs_s", "--epochs", "0.5", "--bss_chunk", "1000", tmp_path=tmp_path / "a")
     _, many = run_train(toy, "bs_s", "--epochs", "0.5", "--bss_chunk", "7", tmp_path=tmp_path / "b")
     assert [r["forget"] for r in one] == pytest.approx([r["forget"] for r in many], rel=1e-4)
@@ -729,6 +730,15 @@ def test_finetune_raises_forget_logprob(toy_cache):
     bs.train(model, tok, forget_ex, [], train_args("finetune", "--alpha", "0"))
     f1 = bs.score(model, tok, forget_ex)["logp"].sum().item()
     assert f1 > f0 + 50, (f0, f1)
+
+
+def test_bss_refuses_empty_beliefs(toy):
+    # a forget example handed in without beliefs would silently drop Eq. 7's belief term for its batch
+    model, tok, forget_ex, retain_ex = toy
+    beliefs = [[dict(forget_ex[i])] for i in range(len(forget_ex))]
+    beliefs[3] = []
+    one_line_error(lambda: bs.train(copy.deepcopy(model), tok, forget_ex, retain_ex, train_args("bs_s"),
+                                    beliefs=beliefs), "belief")
 
 
 def test_finetune_has_no_retain_term(toy_cache):

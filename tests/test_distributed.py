@@ -1,7 +1,7 @@
 """Many processes (scaling.py), on the CPU with gloo: 2 ranks under torchrun, on the cached toy model.
 
 One optimizer step on 2 ranks at --batch_size b (a global batch of 2b) must give the weights of one process at
---batch_size 2b, data-parallel and with FSDP2, for GA, BS-S and NPO with the KL retain term. The comparison
+--batch_size 2b, data-parallel and with FSDP2, for GA, BS-S, NPO with the KL retain term and RMU. The comparison
 steps with SGD (the test swaps it in for AdamW): AdamW's first step is lr * sign(grad), which turns the
 last-bit differences of a different summation order into 2 lr wherever a gradient is near zero; SGD keeps
 them at lr times that difference, so the weights compare to float tolerance. This file is also the ranks'
@@ -34,6 +34,8 @@ CASES = {  # name: (bs_unlearn flags, fsdp)
     "ga_fsdp": (["--method", "ga"], True),
     "bs_s_fsdp": (["--method", "bs_s", "--bss_chunk", "5"], True),
     "npo_kl_fsdp": (["--method", "npo", "--retain_loss", "kl"], True),
+    "rmu": (["--method", "rmu"], False),  # hidden states, and the frozen model's for its retain term
+    "rmu_fsdp": (["--method", "rmu"], True),
 }
 
 
@@ -56,7 +58,7 @@ def one_step(model0, tok, forget_ex, retain_ex, flags, batch_size, beliefs, fsdp
     """One optimizer step as main() sets it up: reference model and NPO's log-probs, then train."""
     args = step_args(flags, batch_size)
     model, forget_ex = copy.deepcopy(model0), copy.deepcopy(forget_ex)
-    ref = copy.deepcopy(model0).eval().requires_grad_(False) if args.retain_loss == "kl" else None
+    ref = copy.deepcopy(model0).eval().requires_grad_(False) if bs.needs_ref_model(args) else None
     if fsdp:
         model, ref = scaling.fsdp(model), ref and scaling.fsdp(ref)
     if bs.needs_ref_logps(args):
@@ -128,6 +130,9 @@ def test_two_ranks_step_like_one_process(two_ranks, name):
     assert moved > 1e-4  # the step did something (so the comparison means something)
     for k, p in single[name].items():
         torch.testing.assert_close(dist[k], p, rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+    if name.startswith("rmu"):  # its loss ends at the toy's first layer: the second stays as it was
+        above = [k for k in start if ".layers.1." in k]
+        assert above and all(torch.equal(dist[k], start[k]) for k in above)
 
 
 def test_one_log_line_per_step(two_ranks):
@@ -162,26 +167,38 @@ def test_share_and_gather_pad_unequal_splits(monkeypatch):
 
 def test_sync_grads_leaves_untouched_parameters_out(monkeypatch):
     # RMU's loss never reaches the layers above its own: in one process their .grad stays None and AdamW
-    # skips them; on K ranks they must not come back as zeros, which AdamW's weight decay would still move
+    # skips them; on K ranks they must not come back as zeros, which AdamW's weight decay would still move.
+    # A parameter that some rank's loss reached keeps a gradient on every rank, even a zero one.
     monkeypatch.setattr(scaling, "world", lambda: 2)
 
-    def step(other_rank):  # fake all_reduce: adds the other rank's gradient, other_rank(g)
-        def all_reduce(g, async_op):
+    def step(other_rank, zero_second=False):  # a fake all_reduce adds the other rank's tensor, other_rank(g)
+        def all_reduce(g, async_op=False):
             g += other_rank(g)
             return type("Handle", (), {"wait": lambda self: None})()
         monkeypatch.setattr(scaling.dist, "all_reduce", all_reduce)
+        monkeypatch.setattr(scaling, "_device", lambda: "cpu")
         model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
-        model[0](torch.ones(3)).sum().backward()  # this rank's loss touches the first layer only
+        out = model[0](torch.ones(3))  # this rank's loss reaches the first layer
+        (out.sum() + (model[1](out) * 0).sum() if zero_second else out.sum()).backward()
         g0 = model[0].weight.grad.clone()
         scaling.sync_grads(model)
         return model, g0
 
-    model, g0 = step(lambda g: g.clone())  # the other rank: the same gradients, so none for the second layer
+    # the other rank: the same gradients, so no rank reached the second layer
+    model, g0 = step(lambda g: g.clone())
     torch.testing.assert_close(model[0].weight.grad, g0)
     assert all(p.grad is None for p in model[1].parameters())
-    model, g0 = step(lambda g: torch.ones_like(g))  # the other rank touched every parameter
+    # the other rank reached every parameter, with gradient 1
+    model, g0 = step(lambda g: torch.ones_like(g))
     torch.testing.assert_close(model[0].weight.grad, (g0 + 1) / 2)
     assert all((p.grad == 0.5).all() for p in model[1].parameters())
+    # the other rank reached the second layer with a zero gradient (its flags all 1, its gradients 0): here
+    # too it keeps a zero gradient, so both ranks step it alike; and the mirror case, reached here with zeros
+    for zero_second in (False, True):
+        model, g0 = step(lambda g: torch.ones_like(g) if g.dtype == torch.int32 else torch.zeros_like(g),
+                         zero_second)
+        torch.testing.assert_close(model[0].weight.grad, g0 / 2)
+        assert all(p.grad is not None and not p.grad.any() for p in model[1].parameters())
 
 
 def test_main_under_torchrun_fsdp(toy_cache, tmp_path):
