@@ -27,10 +27,9 @@ Run (fully offline; the first run builds and caches a tiny model on generated da
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, wga, simnpo, rmu, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
 TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
-Where this code departs from the paper and its public code, and why: "deviation N", listed at the end.
+Where this code departs from the paper and its public code, and why: "deviation N", listed below.
 """
 import copy
-import functools
 import math
 import os
 import random
@@ -47,6 +46,24 @@ from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, che
 import baselines  # the other rows of the paper's Table 1: WGA, SimNPO, RMU
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
 import toy_world  # the embedded example: toy authors and a tiny model, built offline
+
+# -----------------------------------------------------------------------------------------------------
+# Where this code departs from the paper and its public code, and why ("deviation N" below):
+# 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
+# 2. BS-S's base loss is BS-T by default (the paper's best). Beliefs are sampled once from the starting model
+#    (off-policy), because resampling from a model that is being unlearned feeds it its own degenerate text
+#    (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
+# 3. Belief terms run in chunks with one backward each, so memory does not grow with N.
+# 4. Every loss sums over answer tokens and averages over sequences (the equations use sequence log-probs;
+#    HF's `.loss` is a token mean). So the forget/retain balance is open-unlearning's for GA, WGA and BS-T,
+#    while NPO and SimNPO, one number per sequence, meet a retain term about |y_r| times heavier than there.
+# 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the reference
+#    model stays in memory only for the KL or RMU retain term, or for resampled NPO beliefs.
+# 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
+# 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates below
+#    bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
+# 8. A run whose retain term rises above its first step's by more than ln V nats per answer token (a uniform
+#    guess over the vocabulary) has diverged: it stops instead of saving a broken model.
 
 # -----------------------------------------------------------------------------------------------------
 # Config
@@ -276,25 +293,23 @@ def npo_loss(policy_logps, ref_logps, beta=0.1):
     return -(2 / beta) * F.logsigmoid(-beta * (policy_logps - ref_logps)).mean()
 
 
-def bst_targets(logits, labels, k=20, lam=0.2, temperature=1.0):
-    """Eqs. 5-6, the BS-T soft target, stored sparsely: t_i = lam * q_i + (1 - lam) * onehot(y_i), q_i the
-    model's own top-k next-token distribution (renormalised, stop-gradient). Returns the (B, T-1, k+1)
-    vocabulary indices and weights (the top-k, then the label); the weights sum to 1 at every position, and a
-    label that is also in the top-k gets both of its weights (gather reads the same log-prob twice)."""
-    logits, labels = logits[:, :-1].detach().float(), labels[:, 1:]
-    top, idx = logits.topk(min(k, logits.shape[-1]), dim=-1)  # (B, T-1, k)
-    q = F.softmax(top / temperature, dim=-1)
-    # (B, T-1, k+1); at masked positions (label -100) any id will do, as bst_loss zeroes them
-    idx = torch.cat([idx, labels.clamp(min=0).unsqueeze(-1)], -1)
-    w = torch.cat([lam * q, torch.full_like(q[..., :1], 1 - lam)], -1)
-    return idx, w
+def bst_beliefs(logits, k=20, temperature=1.0):
+    """Eq. 5's q_i: the model's own top-k next-token distribution at every position (renormalised over the
+    k, at a temperature; stop-gradient). Returns the (B, T-1, k) token ids and their probabilities."""
+    top, ids = logits[:, :-1].detach().float().topk(min(k, logits.shape[-1]), dim=-1)
+    return ids, F.softmax(top / temperature, dim=-1)
 
 
 def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
-    """Eq. 6, BS-T: minimise E[sum_i <t_i, log pi_theta(. | x, y_<i)>]. With lam = 0 it is exactly GA."""
-    idx, w = bst_targets(logits, labels, k, lam, temperature)
+    """Eqs. 5-6, BS-T: GA on the soft target t_i = lam * q_i + (1 - lam) * onehot(y_i), that is, minimise
+    E[sum_i <t_i, log pi_theta(. | x, y_<i)>] = E[sum_i lam <q_i, log pi_theta> + (1 - lam) log pi_theta(y_i)].
+    With lam = 0 it is exactly GA. (A label that is also in the top-k is pushed down by both terms.)"""
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    per_token = (w * logp.gather(-1, idx)).sum(-1) * (labels[:, 1:] != -100)  # (B, T-1)
+    ids, q = bst_beliefs(logits, k, temperature)  # (B, T-1, k) each
+    y = labels[:, 1:].clamp(min=0)  # (B, T-1); any id on the prompt and padding, masked below
+    on_beliefs = (q * logp.gather(-1, ids)).sum(-1)  # <q_i, log pi_theta>  (B, T-1)
+    on_label = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # log pi_theta(y_i)  (B, T-1)
+    per_token = (lam * on_beliefs + (1 - lam) * on_label) * (labels[:, 1:] != -100)
     return per_token.sum(-1).mean()
 
 
@@ -426,7 +441,8 @@ def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
 def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0, ref_model=None):
     """sample_beliefs for every forget example (on torchrun's K ranks each samples its share, and all get
     all), with NPO's reference log-probs when the base loss needs them (from ref_model, else the model)."""
-    sample = functools.partial(sample_beliefs, model, tok, args=args, sampling_round=sampling_round)
+    def sample(part):
+        return sample_beliefs(model, tok, part, args, sampling_round)
     beliefs = scaling.gather(sample, forget_examples)  # in one process: sample(forget_examples)
     if needs_ref_logps(args):
         attach_ref_logps(ref_model or model, tok, flatten(beliefs), args.gen_batch_size)
@@ -489,23 +505,26 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
     Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
     torch.manual_seed(args.seed)
+    # the schedule, in optimizer steps: linear warmup (short runs peak too), then linear decay
     global_batch = args.batch_size * scaling.world()  # torchrun: K ranks share every batch (one process: K = 1)
     micro_per_epoch = math.ceil(len(forget_ex) / global_batch)
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
-    warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)  # short runs peak too
-    base = args.bss_base if args.method == "bs_s" else args.method  # BS-S applies its base loss (Eq. 7)
-    if ref_model is None and needs_ref_model(args):  # pi_o for the retain term: a frozen copy of the start
+    warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)
+    # pi_o, the frozen start: a copy for the retain term; NPO's log-probs from the model before its first step
+    if ref_model is None and needs_ref_model(args):
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    if needs_ref_logps(args):  # NPO's pi_o: the model as it is now, before its first step (deviation 5)
+    if needs_ref_logps(args):  # (deviation 5)
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
-    beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
+    # BS-S applies its base loss to targets and beliefs alike (Eq. 7)
+    base = args.bss_base if args.method == "bs_s" else args.method
     if beliefs is not None and not all(beliefs):
         fail("train: every forget example needs at least one belief (an empty list was handed in)")
+    beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
-    # stops a run whose retain term rises by more than ln V nats per answer token (deviation 8; so it needs
-    # the retain answers' lengths; not for RMU's retain term, a distance) or turns NaN
-    in_nats = use_retain and args.retain_loss != "embed" and not args.allow_divergence
-    check = StepCheck(len(tok), retain_ex if in_nats else [])
+    # stops on NaN or inf, and on a retain term risen by more than ln V nats per answer token (deviation 8;
+    # not for RMU's retain term, a distance, nor with --allow_divergence)
+    watch_retain = use_retain and args.retain_loss != "embed" and not args.allow_divergence
+    check = StepCheck(len(tok), retain_ex if watch_retain else [])
     opt = make_optimizer(model, args)
     # index batches, reshuffled every epoch (one process: the batches themselves; K ranks: this rank's share)
     forget_batches = scaling.shares(batches(len(forget_ex), global_batch, random.Random(args.seed)))
@@ -526,12 +545,11 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 r = belief_round(args, step, micro, micro_per_epoch)  # 0, or one more every --bss_regen epochs
                 if r != beliefs_round:  # sampled here at the first micro-step (unless handed in), and per round
                     beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
-                # The belief term first, over this batch's beliefs (`mine`, sorted by length: less padding) in
-                # chunks of --bss_chunk, so memory stays flat in N: chunk c's part of the objective,
-                # gamma * lam * w * L(c), is backpropagated right away. In one process w = len(chunk) / len(mine),
-                # so the w sum to 1 and L_beliefs is the mean over the beliefs. With the backward below, .grad
-                # gets gamma * ((1 - lam) * grad L(targets) + lam * sum_c w * grad L(c)), Eq. 7's gradient (plus
-                # alpha * grad L_retain; all divided by grad_accum).
+                # The belief term, mean_j L(belief_j) over this batch's beliefs (`mine`, sorted by length: less
+                # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
+                # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's share of the
+                # objective is backpropagated at once and its graph freed: memory stays flat in N (deviation 3).
+                # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
                 for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: see there)
@@ -539,7 +557,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                     (args.gamma * args.bss_lambda * w * L_chunk / args.grad_accum).backward()
                     L_beliefs += w * L_chunk.detach()
             L_forget = forget_loss(model, make_batch(tok, target_ex, model), base, args)
-            if args.method == "bs_s":  # Eq. 7, whose belief term is in .grad already (so detached here)
+            if args.method == "bs_s":  # Eq. 7 (its belief term's gradient is in .grad already: detached here)
                 L_forget = bss_loss(L_forget, L_beliefs, args.bss_lambda)
             L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
             if use_retain:
@@ -619,21 +637,3 @@ def main(argv=None):
 if __name__ == "__main__":
     run_main(main)  # (Ctrl-C, a closed pipe, a full disk: one line, not a traceback)
 
-
-# -----------------------------------------------------------------------------------------------------
-# Deviations from the paper and its public code:
-# 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
-# 2. BS-S's base loss is BS-T by default (the paper's best). Beliefs are sampled once from the starting model
-#    (off-policy), because resampling from a model that is being unlearned feeds it its own degenerate text
-#    (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
-# 3. Belief terms run in chunks with one backward each, so memory does not grow with N.
-# 4. Every loss sums over answer tokens and averages over sequences (the equations use sequence log-probs;
-#    HF's `.loss` is a token mean). So the forget/retain balance is open-unlearning's for GA, WGA and BS-T,
-#    while NPO and SimNPO, one number per sequence, meet a retain term about |y_r| times heavier than there.
-# 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the reference
-#    model stays in memory only for the KL or RMU retain term, or for resampled NPO beliefs.
-# 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
-# 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates below
-#    bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
-# 8. A run whose retain term rises above its first step's by more than ln V nats per answer token (a uniform
-#    guess over the vocabulary) has diverged: it stops instead of saving a broken model.

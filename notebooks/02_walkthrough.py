@@ -216,33 +216,37 @@ for delta in [0.0, -5.0, -20.0, -50.0]:  # the policy's log-prob this far below 
 # \log \pi_\theta(\cdot \mid x_u, y_{<i}) \right\rangle\right]$$
 #
 # so the loss pushes down the model's likely next tokens along with the answer's. Defaults $k = 20$,
-# $\lambda = 0.2$. `bs.bst_targets` returns $t_i$ sparsely (the $k$ token ids and the label, with their
-# weights); `bs.bst_loss` is the loss. Two checks: the weights sum to 1 at every position, and with
-# $\lambda = 0$ the loss is exactly GA's. (Notebook 01, section 1, shows a consequence worth knowing: at
+# $\lambda = 0.2$. Since $t_i$ is a sum, the loss splits into two terms,
+# $\lambda \langle q_i, \log \pi_\theta \rangle + (1 - \lambda) \log \pi_\theta(y_i)$, and that is how
+# `bs.bst_loss` computes it: `bs.bst_beliefs` returns $q_i$ sparsely (the $k$ token ids and their
+# probabilities), so no $V$-wide target is ever built. Three checks: $q_i$ sums to 1 at every position, the
+# loss equals $\langle t_i, \log \pi_\theta \rangle$ with $t_i$ built in full here, and with $\lambda = 0$ it
+# is exactly GA's. (Notebook 01, section 1, shows a consequence worth knowing: at
 # temperature 1 its gradient on the logits is $(1 - \lambda)$ times GA's.)
 
 # %%
-idx, w = bs.bst_targets(logits, batch["labels"], args.bst_topk, args.bst_lambda)  # (B, T-1, k+1) each
+ids, q = bs.bst_beliefs(logits, args.bst_topk)  # (B, T-1, k) each: q_i's token ids and probabilities
 answer = batch["labels"][:, 1:] != -100
-print("soft-target weights sum to 1 at every answer position:",
-      torch.allclose(w.sum(-1)[answer], torch.tensor(1.0)))
+print("q_i sums to 1 at every answer position:", torch.allclose(q.sum(-1)[answer], torch.tensor(1.0)))
+# t_i in full, (B, T-1, V): lam * q_i on the top k, plus 1 - lam on the label
+lab = batch["labels"][:, 1:]
+t = torch.zeros_like(logits[:, :-1]).scatter_add(-1, ids, args.bst_lambda * q)
+t = t.scatter_add(-1, lab.clamp(min=0)[..., None], torch.full_like(t[..., :1], 1 - args.bst_lambda))
+dense = ((t * logits[:, :-1].log_softmax(-1)).sum(-1) * answer).sum(-1).mean()
 # the soft target where the model hesitates most: the answer position with the least mass on the label
-lab = batch["labels"][0, 1:]
-p_label = logits[0, :-1].softmax(-1).gather(-1, lab.clamp(min=0)[:, None])[:, 0]
+p_label = logits[0, :-1].softmax(-1).gather(-1, lab[0].clamp(min=0)[:, None])[:, 0]
 i = int(torch.where(answer[0], p_label, torch.tensor(2.0)).argmin())
 print(f"\nBS-T's soft target for {forget_rows[0]['question']!r} after the answer's first words "
       f"'{tok.decode(batch['input_ids'][0, examples[0]['prompt_len']:i + 1])} ...' (the target continues with "
-      f"'{tok.decode([lab[i]])}'):")
-merged = {}
-for j, wt in zip(idx[0, i].tolist(), w[0, i].tolist()):  # the label appears twice: in the top k and on its own
-    merged[j] = merged.get(j, 0) + wt
-for j, wt in sorted(merged.items(), key=lambda kv: -kv[1])[:5]:
-    print(f"   {tok.decode([j]):>10}: {wt:.3f}")
+      f"'{tok.decode([lab[0, i]])}'):")
+for j in t[0, i].topk(5).indices.tolist():
+    print(f"   {tok.decode([j]):>10}: {t[0, i, j]:.3f}")
 bst0 = bs.bst_loss(logits, batch["labels"], args.bst_topk, lam=0.0)
 ga = bs.ga_loss(bs.sequence_logps(logits, batch["labels"]))
 print(f"\nL_BS-T with lambda = 0: {bst0:.4f}; L_GA: {ga:.4f}")
 bst = bs.bst_loss(logits, batch["labels"], args.bst_topk, args.bst_lambda)
-print(f"L_BS-T with lambda = {args.bst_lambda}: {bst:.4f}")
+print(f"L_BS-T with lambda = {args.bst_lambda}: {bst:.4f}; <t_i, log pi> with t_i in full: {dense:.4f}")
+claim("BS-T's two terms equal <t_i, log pi> with the full soft target", torch.isclose(bst, dense, atol=1e-4))
 claim("BS-T with lambda = 0 is exactly GA", torch.isclose(bst0, ga, atol=1e-5))
 
 # %% [markdown]

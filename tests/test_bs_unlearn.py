@@ -241,8 +241,12 @@ def test_npo_values():
     assert p.grad.item() > 0
 
 
-def dense_target(idx, w, vocab):
-    return torch.zeros(*idx.shape[:-1], vocab).scatter_add(-1, idx, w)
+def dense_target(logits, labels, k, lam, temperature=1.0):
+    """Eq. 5's t_i = lam * q_i + (1 - lam) * onehot(y_i) as a (B, T-1, V) tensor, q_i from bst_beliefs."""
+    ids, q = bs.bst_beliefs(logits, k, temperature)
+    t = torch.zeros(*ids.shape[:-1], logits.shape[-1]).scatter_add(-1, ids, lam * q)
+    y = labels[:, 1:].clamp(min=0).unsqueeze(-1)
+    return t.scatter_add(-1, y, torch.full_like(t[..., :1], 1 - lam))
 
 
 def test_bst_zero_lambda_is_ga():
@@ -255,8 +259,7 @@ def test_bst_zero_lambda_is_ga():
 def test_bst_target_sums_to_one_on_topk_and_label():
     logits, labels = hand_batch()
     k, lam = 2, 0.3
-    idx, w = bs.bst_targets(logits, labels, k=k, lam=lam)
-    t = dense_target(idx, w, 6)  # (B, T-1, V)
+    t = dense_target(logits, labels, k, lam)  # (B, T-1, V)
     assert torch.allclose(t.sum(-1), torch.ones(2, 4), atol=1e-6)
     assert (t >= 0).all()
     for b in range(2):
@@ -295,14 +298,13 @@ def test_bst_temperature():
     labels = torch.tensor([[-100, 3]])
     lam = 0.5
     for temp in (0.5, 1.0, 4.0):
-        idx, w = bs.bst_targets(logits, labels, k=2, lam=lam, temperature=temp)
-        t = dense_target(idx, w, 4)[0, 0]
+        t = dense_target(logits, labels, 2, lam, temp)[0, 0]
         z = math.exp(2 / temp) + math.exp(1 / temp)
         assert abs(t[0].item() - lam * math.exp(2 / temp) / z) < 1e-6
         assert abs(t[1].item() - lam * math.exp(1 / temp) / z) < 1e-6
         assert abs(t[3].item() - (1 - lam)) < 1e-6
     # higher temperature flattens q
-    q = lambda temp: dense_target(*bs.bst_targets(logits, labels, 2, lam, temp), 4)[0, 0, :2]
+    q = lambda temp: dense_target(logits, labels, 2, lam, temp)[0, 0, :2]
     assert (q(0.5)[0] - q(0.5)[1]) > (q(1.0)[0] - q(1.0)[1]) > (q(4.0)[0] - q(4.0)[1]) > 0
 
 
@@ -312,8 +314,7 @@ def test_bst_stop_gradient():
     x = logits.clone().requires_grad_(True)
     bs.bst_loss(x, labels, k, lam).backward()
     # the same loss with the target a constant
-    idx, w = bs.bst_targets(logits, labels, k, lam)
-    t = dense_target(idx, w, 6)
+    t = dense_target(logits, labels, k, lam)
     y = logits.clone().requires_grad_(True)
     mask = (labels[:, 1:] != -100).float()
     ((t * torch.log_softmax(y[:, :-1], -1)).sum(-1) * mask).sum(-1).mean().backward()
