@@ -4,7 +4,9 @@ bs_unlearn.py: LLM unlearning with LLM beliefs, in one file.
 Reference implementation of "LLM Unlearning with LLM Beliefs" (Li et al., ICLR 2026,
 https://arxiv.org/abs/2510.19422). Gradient ascent (GA) and NPO lower the probability of a target answer,
 but the mass they remove is *squeezed* into the model's own high-likelihood rephrasings of the same fact,
-so the fact survives in other words. Bootstrapping (BS) also pushes down the model's beliefs:
+so the fact survives in other words. (Why: lowering a token's logit raises every other token's probability
+in proportion to what it already has, so the model's next most likely continuations gain most, and for a
+fact it knows those say the same fact.) Bootstrapping (BS) also pushes down the model's beliefs:
 BS-T at token level (its own top-k next tokens as soft targets), BS-S at sequence level (its own sampled
 answers). Read top to bottom: config -> data -> log-probs -> objectives -> belief sampling -> training
 loop -> main. What is not the method lives beside it: toy_world.py, the embedded example (fictitious
@@ -27,7 +29,8 @@ Run (fully offline; the first run builds and caches a tiny model on generated da
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, wga, simnpo, rmu, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
 TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
-Where this code departs from the paper and its public code, and why: "deviation N", listed below.
+Where this code departs from the paper or its public code, a comment says so and why ("the public code"
+is the paper's); the README lists those choices in one place.
 """
 import copy
 import math
@@ -46,24 +49,6 @@ from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, che
 import baselines  # the other rows of the paper's Table 1: WGA, SimNPO, RMU
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
 import toy_world  # the embedded example: toy authors and a tiny model, built offline
-
-# -----------------------------------------------------------------------------------------------------
-# Where this code departs from the paper and its public code, and why ("deviation N" below):
-# 1. BS-S caches N beliefs per forget example (the public code reuses the first batch's samples for all).
-# 2. BS-S's base loss is BS-T by default (the paper's best). Beliefs are sampled once from the starting model
-#    (off-policy), because resampling from a model that is being unlearned feeds it its own degenerate text
-#    (`--bss_regen R` resamples every R epochs). `--bss_keep K` keeps the K most confident.
-# 3. Belief terms run in chunks with one backward each, so memory does not grow with N.
-# 4. Every loss sums over answer tokens and averages over sequences (the equations use sequence log-probs;
-#    HF's `.loss` is a token mean). So the forget/retain balance is open-unlearning's for GA, WGA and BS-T,
-#    while NPO and SimNPO, one number per sequence, meet a retain term about |y_r| times heavier than there.
-# 5. NPO's reference log-probs are computed once before training (the reference is frozen), so the reference
-#    model stays in memory only for the KL or RMU retain term, or for resampled NPO beliefs.
-# 6. The KL retain term is masked to answer tokens (the public code includes prompt and padding).
-# 7. bf16 weights (the CUDA default) are stepped with stochastic rounding (bf16_adamw.py), so updates below
-#    bf16's resolution still arrive; `--bf16_rounding nearest` rounds to nearest, as torch's AdamW does.
-# 8. A run whose retain term rises above its first step's by more than ln V nats per answer token (a uniform
-#    guess over the vocabulary) has diverged: it stops instead of saving a broken model.
 
 # -----------------------------------------------------------------------------------------------------
 # Config
@@ -97,7 +82,7 @@ def get_args(argv=None):
     p.add_argument("--weight_decay", type=number(float, 0), default=0.01, help="AdamW's, on matrices only")
     p.add_argument("--max_grad_norm", type=positive, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--allow_divergence", action="store_true",
-                   help="train on past a diverged retain term (default: stop, save nothing; deviation 8)")
+                   help="train on past a diverged retain term (default: stop, save nothing)")
     # the loss: gamma * L_forget + alpha * L_retain
     p.add_argument("--gamma", type=number(float, 0), default=None, help="forget weight (1; SimNPO: 0.125)")
     p.add_argument("--alpha", type=number(float, 0), default=1.0, help="retain weight (0: no retain term)")
@@ -109,7 +94,7 @@ def get_args(argv=None):
     p.add_argument("--bst_temp", type=positive, default=1.0, help="temperature of the top-k beliefs")
     p.add_argument("--bss_lambda", type=fraction, default=0.5, help="weight of the sampled-belief term")
     p.add_argument("--bss_base", default="bs_t", choices=["ga", "npo", "bs_t", "wga", "simnpo"],
-                   help="BS-S's base loss")
+                   help="BS-S's base loss (BS-T: the paper's best)")
     p.add_argument("--bss_n", type=count, default=3, help="beliefs sampled per forget prompt")
     p.add_argument("--bss_keep", type=number(int, 0), default=0, help="keep the K most confident (0: all)")
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
@@ -122,7 +107,7 @@ def get_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--bf16_rounding", default="stochastic", choices=["stochastic", "nearest"],
-                   help="bf16 weights' AdamW steps: stochastic rounding or nearest (deviation 7)")
+                   help="bf16 weights' AdamW steps: stochastic rounding or nearest (torch's)")
     p.add_argument("--gen_batch_size", type=count, default=64, help="prompts per generate() and scoring batch")
     scaling.add_args(p)  # bigger models: --fsdp under torchrun, --lora_r and friends
     p.add_argument("--seed", type=int, default=0, help="batch order, sampled beliefs (and the toy model)")
@@ -274,7 +259,9 @@ def score(model, tok, examples, batch_size=64):
 
 
 # -----------------------------------------------------------------------------------------------------
-# Objectives: pure functions of log-probs / logits; every one is minimised
+# Objectives: pure functions of log-probs / logits; every one is minimised. Each sums over the answer's tokens
+# and averages over sequences, as the equations' log pi(y|x) does (HF's `.loss` is a token mean; the README
+# says what this changes against open-unlearning's settings)
 
 
 def nll_loss(logits, labels):
@@ -324,6 +311,7 @@ def kl_retain_loss(logits, ref_logits, labels):
     sequences."""
     mask = labels[:, 1:] != -100
     ref = F.log_softmax(ref_logits[:, :-1].float(), -1)
+    # F.kl_div(input, target) sums target * (log target - input): with target = pi_o, KL(pi_o || pi_theta)
     kl = F.kl_div(F.log_softmax(logits[:, :-1].float(), -1), ref, log_target=True, reduction="none").sum(-1)
     return (kl * mask).sum(-1).mean()
 
@@ -371,7 +359,8 @@ def retain_loss(model, batch, args, ref_model=None):
 
 def needs_ref_logps(args):
     """NPO (alone or as BS-S's base) compares with the starting model's log-probs: a number per example,
-    computed once before training (attach_ref_logps; deviation 5)."""
+    computed once before training (attach_ref_logps; the public code runs the frozen reference model at every
+    step for the same numbers)."""
     return args.method == "npo" or (args.method == "bs_s" and args.bss_base == "npo")
 
 
@@ -394,7 +383,8 @@ def generate(model, tok, prompts, max_new_tokens, n=1, do_sample=False, temperat
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)  # stay within positions
     if limit:
         max_new_tokens = max(1, min(max_new_tokens, limit - max(map(len, prompts))))
-    sampling = dict(temperature=temperature, top_k=0, top_p=1.0) if do_sample else {}  # plain sampling
+    # plain sampling from the softmax at `temperature`: no top-k (HF's default is 50), no top-p
+    sampling = dict(temperature=temperature, top_k=0, top_p=1.0) if do_sample else {}
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=n,
                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
     was_training, device = model.training, next(model.parameters()).device
@@ -418,7 +408,8 @@ def flatten(beliefs):
 
 
 def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
-    """N sampled answers per forget example, kept per example: beliefs[i] is a list of encoded examples.
+    """N sampled answers per forget example, kept per example: beliefs[i] is a list of encoded examples (the
+    public code keeps its first batch's samples and trains every later batch on them).
     Seeded per (seed, round of sampling, rank). With --bss_keep K, keep the K with the highest mean token
     log-prob."""
     # one random stream per (seed, round of sampling, rank); the rank is 0 in one process
@@ -478,7 +469,9 @@ def batches(n, batch_size, rng):
 
 
 def make_optimizer(model, args):
-    """AdamW, with weight decay on matrices only; bf16 weights get stochastic rounding (deviation 7)."""
+    """AdamW, with weight decay on matrices only. bf16 weights (the CUDA default) are stepped with stochastic
+    rounding, so that updates below bf16's resolution still arrive on average; torch's AdamW rounds to nearest
+    and drops them (--bf16_rounding nearest)."""
     params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
     decay = [p for p in params if p.dim() >= 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay},
@@ -491,8 +484,9 @@ def make_optimizer(model, args):
 
 
 def belief_round(args, step, micro, micro_per_epoch):
-    """BS-S: which round of beliefs a micro-step trains on: 0 always (sampled once, off-policy), or with
-    --bss_regen R one more round every R epochs (resampled from the model being unlearned)."""
+    """BS-S: which round of beliefs a micro-step trains on: 0 always (the default: sampled once, from the
+    starting model, off-policy), or with --bss_regen R one more round every R epochs, resampled from the model
+    being unlearned (which feeds it its own degenerate text as unlearning goes on)."""
     epoch = (step * args.grad_accum + micro) / micro_per_epoch
     return int(epoch // args.bss_regen) if args.bss_regen else 0
 
@@ -510,10 +504,11 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     micro_per_epoch = math.ceil(len(forget_ex) / global_batch)
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)
-    # pi_o, the frozen start: a copy for the retain term; NPO's log-probs from the model before its first step
+    # pi_o, the frozen start, where training needs it: main hands it in (from scaling.wrap); a direct call gets a
+    # copy here. NPO's log-probs of pi_o need no copy: the model is pi_o until its first step
     if ref_model is None and needs_ref_model(args):
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    if needs_ref_logps(args):  # (deviation 5)
+    if needs_ref_logps(args):
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
     # BS-S applies its base loss to targets and beliefs alike (Eq. 7)
     base = args.bss_base if args.method == "bs_s" else args.method
@@ -521,8 +516,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         fail("train: every forget example needs at least one belief (an empty list was handed in)")
     beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
-    # stops on NaN or inf, and on a retain term risen by more than ln V nats per answer token (deviation 8;
-    # not for RMU's retain term, a distance, nor with --allow_divergence)
+    # stops on NaN or inf, and on a retain term risen above its first step's by more than ln V nats per answer
+    # token, worse than a uniform guess over the vocabulary: a broken model is not saved (not for RMU's retain
+    # term, a distance, nor with --allow_divergence)
     watch_retain = use_retain and args.retain_loss != "embed" and not args.allow_divergence
     check = StepCheck(len(tok), retain_ex if watch_retain else [])
     opt = make_optimizer(model, args)
@@ -548,7 +544,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # The belief term, mean_j L(belief_j) over this batch's beliefs (`mine`, sorted by length: less
                 # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
                 # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's share of the
-                # objective is backpropagated at once and its graph freed: memory stays flat in N (deviation 3).
+                # objective is backpropagated at once and its graph freed: memory stays flat in N.
                 # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0

@@ -38,7 +38,7 @@ Squeezing diagnostics (ours; the paper's Fig. 2 and its central point, made a nu
           dHigh even rises) and Leak stays high: the fact survives in other words
   Leak    (toy) fraction of forget questions whose greedy answer still contains the fact's key entity
 
-Choices (numbered, as deviations are in bs_unlearn.py):
+Choices:
 1. Truth ratio uses the geometric mean (open-unlearning's default and TOFU's own code); `--tr_mean arith`
    gives the TOFU paper's formula. FQ's KS test runs on raw R, as both do.
 2. TR_mem in Mem is the open-unlearning meta-eval's truth ratio, mean p_true / (p_true + p_pert) =
