@@ -1,7 +1,8 @@
 """
 baselines.py: the other rows of the paper's Table 1, beside bs_unlearn.py's four objectives (GA, NPO, BS-T,
-BS-S), as open-unlearning defines them and at its defaults. Pure functions, every one minimised;
-bs_unlearn.forget_loss and retain_loss call them (--method wga / simnpo / rmu).
+BS-S), as open-unlearning defines them and at its defaults. Every loss is minimised; WGA's and SimNPO's are
+pure functions of log-probs, and RMU's two terms run the model for its hidden states (rmu_forget,
+rmu_retain). bs_unlearn.forget_loss and retain_loss call them (--method wga / simnpo / rmu).
 
     WGA    (the paper's Eq. 4) GA with each answer token's log-prob weighted by its probability to the power a:
            L = E[ sum_i w_i log pi(y_i | x, y_<i) ],  w_i = sg[pi(y_i | x, y_<i)]^a      a = 1; a = 0 is GA
@@ -13,11 +14,11 @@ bs_unlearn.forget_loss and retain_loss call them (--method wga / simnpo / rmu).
            L_forget = E[ mean over answer tokens of mean_d (h_L(x_u) - c u)^2 ]
            L_retain = E[ mean over answer tokens of mean_d (h_L(x_r) - h_L^o(x_r))^2 ]   layer 7 of 16, c = 2
            u is torch.rand, normalised; every weight trains (open-unlearning's TOFU setting).
-Units (the README's choice 4): WGA sums over answer tokens like GA (open-unlearning takes a token mean,
-for its retain NLL too, so the balance of the two terms is the same). SimNPO, like NPO, is one number per sequence,
-while the retain NLL here is a sum over the answer's tokens, so against open-unlearning (token-mean retain NLL)
-its retain term weighs about |y_r| times more at the same gamma and alpha. RMU's terms are distances, token
-means per sequence, as open-unlearning computes them.
+Units (the README's choice 4): WGA sums over answer tokens like GA (open-unlearning takes a token mean, for
+its retain NLL too, so the balance of the two terms is the same). SimNPO, like NPO, is one number per
+sequence, while the retain NLL here is a sum over the answer's tokens, so against open-unlearning (token-mean
+retain NLL) its retain term weighs about |y_r| times more at the same gamma and alpha. RMU's terms are
+distances, token means per sequence, as open-unlearning computes them.
 """
 import math
 
@@ -39,14 +40,6 @@ def add_args(p):
                    help="RMU: the control vector's norm c")
 
 
-def set_defaults(args):
-    """Each method's published forget weight and retain term, where the flags leave them open."""
-    if args.gamma is None:
-        args.gamma = 0.125 if args.method == "simnpo" else 1.0
-    if args.retain_loss is None:
-        args.retain_loss = "embed" if args.method == "rmu" else "nll"
-
-
 def wga_loss(token_logps, a=1.0):
     """WGA from the answer tokens' log-probs (B, T), 0 off the answer. The weight pi^a is detached, so a token
     the model no longer predicts stops pulling: GA that lets go. With a = 0 it is exactly GA."""
@@ -60,7 +53,32 @@ def simnpo_loss(policy_logps, n_tokens, beta=4.5, delta=0.0):
 
 
 # -----------------------------------------------------------------------------------------------------
-# RMU: hidden states (bs_unlearn.forward(model, batch, layer=L) gives h_L, the output of decoder layer L)
+# RMU: hidden states. bs_unlearn.forget_loss calls rmu_forget for --method rmu, and retain_loss calls
+# rmu_retain for its retain term (--retain_loss embed)
+
+
+def rmu_forget(model, batch, args):
+    """RMU's forget term on one batch: the answers' hidden states at its layer pushed towards c * u."""
+    h = hidden_states(model, batch, rmu_layer(model, args))
+    return rmu_forget_loss(h, batch["labels"], control_vector(h.shape[-1], args.rmu_c, args.seed))
+
+
+def rmu_retain(model, ref_model, batch, args):
+    """RMU's retain term on one batch: the answers' hidden states held where the frozen start puts them."""
+    layer = rmu_layer(model, args)
+    with torch.no_grad():
+        h_ref = hidden_states(ref_model, batch, layer)
+    return rmu_retain_loss(hidden_states(model, batch, layer), h_ref, batch["labels"])
+
+
+def hidden_states(model, batch, layer):
+    """h_L, the output of decoder layer L (B, T, d), with the model run as bs_unlearn.forward runs it (bf16
+    autocast on CUDA), asking for one position's logits only: RMU never reads the (B, T, V) logits."""
+    device = next(model.parameters()).device
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device), output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[layer + 1]  # ([0] is the embeddings)
 
 
 def rmu_layer(model, args):

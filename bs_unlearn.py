@@ -118,7 +118,10 @@ def get_args(argv=None):
     if args.bss_keep > args.bss_n:
         fail(f"--bss_keep {args.bss_keep} is more than --bss_n {args.bss_n}")
     scaling.check_args(args)
-    baselines.set_defaults(args)  # --gamma 1 (SimNPO: 0.125), --retain_loss nll (RMU: embed)
+    if args.gamma is None:  # each method's published forget weight and retain term, unless given
+        args.gamma = 0.125 if args.method == "simnpo" else 1.0
+    if args.retain_loss is None:
+        args.retain_loss = "embed" if args.method == "rmu" else "nll"
     args.out_dir = args.out_dir or os.path.join("runs", args.method)
     return args
 
@@ -232,14 +235,12 @@ def autocast(model):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def forward(model, batch, layer=None):
-    """The logits (B, T, V); with layer=L, the hidden states after decoder layer L instead (B, T, d; RMU)."""
+def forward(model, batch):
+    """The logits (B, T, V)."""
     device = next(model.parameters()).device
-    hidden = {} if layer is None else dict(output_hidden_states=True, logits_to_keep=1)  # (no (B, T, V) logits)
     with autocast(model):
-        out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device), **hidden)
-    return out.logits if layer is None else out.hidden_states[layer + 1]  # ([0] is the embeddings)
+        return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                     attention_mask=batch["attention_mask"].to(device)).logits
 
 
 @torch.no_grad()
@@ -319,11 +320,9 @@ def kl_retain_loss(logits, ref_logits, labels):
 def forget_loss(model, batch, method, args):
     """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO), 4 (WGA), 6 (BS-T),
     SimNPO or RMU; BS-S (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
-    labels = batch["labels"]
-    if method == "rmu":  # hidden states, not log-probs
-        h = forward(model, batch, layer=baselines.rmu_layer(model, args))
-        return baselines.rmu_forget_loss(h, labels, baselines.control_vector(h.shape[-1], args.rmu_c, args.seed))
-    logits = forward(model, batch)
+    if method == "rmu":  # hidden states, not log-probs (baselines.py)
+        return baselines.rmu_forget(model, batch, args)
+    logits, labels = forward(model, batch), batch["labels"]
     if method == "finetune":
         return nll_loss(logits, labels)
     if method == "ga":
@@ -344,11 +343,8 @@ def forget_loss(model, batch, method, args):
 def retain_loss(model, batch, args, ref_model=None):
     """The retain term: NLL of the retain answers, KL to the frozen starting model (--retain_loss kl), or the
     distance to its hidden states (embed, RMU's)."""
-    if args.retain_loss == "embed":
-        layer = baselines.rmu_layer(model, args)
-        with torch.no_grad():
-            h_ref = forward(ref_model, batch, layer)
-        return baselines.rmu_retain_loss(forward(model, batch, layer), h_ref, batch["labels"])
+    if args.retain_loss == "embed":  # (baselines.py)
+        return baselines.rmu_retain(model, ref_model, batch, args)
     logits = forward(model, batch)
     if args.retain_loss == "kl":
         with torch.no_grad():

@@ -82,20 +82,20 @@ def test_rmu_control_vector_and_layer():
     assert [baselines.default_layer(n) for n in (16, 30, 2, 28)] == [7, 13, 0, 12]
 
 
-def test_forward_layer_is_that_decoder_layers_output(toy_cache):
+def test_hidden_states_are_that_decoder_layers_output(toy_cache):
     model, tok = bs.load_model(toy_cache[1], CPU)
     forget_ex, _ = toy_examples(tok)
     batch = bs.collate(forget_ex[:3], tok.pad_token_id)
     seen = {}
     hook = model.model.layers[0].register_forward_hook(lambda m, i, o: seen.setdefault("h", o))
     with torch.no_grad():
-        h = bs.forward(model, batch, layer=0)
+        h = baselines.hidden_states(model, batch, 0)
     hook.remove()
     out = seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"]
     assert torch.equal(h, out)
 
 
-def test_forward_layer_on_a_deeper_model(tok_and_llama4):
+def test_hidden_states_on_a_deeper_model(tok_and_llama4):
     """On a 5-layer model every steerable layer L (0..3) gives that decoder layer's own output."""
     tok, model = tok_and_llama4
     batch = bs.collate(toy_examples(tok)[0][:2], tok.pad_token_id)
@@ -105,7 +105,7 @@ def test_forward_layer_on_a_deeper_model(tok_and_llama4):
              for j, layer in enumerate(model.model.layers)]
     with torch.no_grad():
         for L in range(4):
-            assert torch.equal(bs.forward(model, batch, layer=L), seen[L]), L
+            assert torch.equal(baselines.hidden_states(model, batch, L), seen[L]), L
     for h in hooks:
         h.remove()
 
@@ -187,11 +187,12 @@ def test_rmu_moves_forget_states_to_the_control_vector(toy):
 
     def to_control(model):  # the forget answers' hidden states, from the control vector
         with torch.no_grad():
-            return baselines.rmu_forget_loss(bs.forward(model, f, 0), f["labels"], control).item()
+            return baselines.rmu_forget_loss(baselines.hidden_states(model, f, 0), f["labels"], control).item()
 
     def retain_moved(model):  # the retain answers' hidden states, from where the start had them
         with torch.no_grad():
-            return baselines.rmu_retain_loss(bs.forward(model, r, 0), bs.forward(model0, r, 0), r["labels"]).item()
+            h, h0 = baselines.hidden_states(model, r, 0), baselines.hidden_states(model0, r, 0)
+            return baselines.rmu_retain_loss(h, h0, r["labels"]).item()
     model = run(toy, "rmu")
     assert to_control(model) < 0.5 * to_control(model0), (to_control(model0), to_control(model))
     assert bs.score(model, tok, forget_ex)["logp"].sum() < bs.score(model0, tok, forget_ex)["logp"].sum() - 20
