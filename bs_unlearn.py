@@ -539,14 +539,15 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                     beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
                 # The belief term, mean_j L(belief_j) over this batch's beliefs (`mine`, sorted by length: less
                 # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
-                # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's share of the
-                # objective is backpropagated at once and its graph freed: memory stays flat in N.
+                # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the
+                # objective (loss_part) is backpropagated at once and its graph freed: memory stays flat in N.
                 # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
                 for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: see there)
                     L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
-                    (args.gamma * args.bss_lambda * w * L_chunk / args.grad_accum).backward()
+                    loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
+                    (loss_part / args.grad_accum).backward()
                     L_beliefs += w * L_chunk.detach()
             L_forget = forget_loss(model, make_batch(tok, target_ex, model), base, args)
             if args.method == "bs_s":  # Eq. 7 (its belief term's gradient is in .grad already: detached here)

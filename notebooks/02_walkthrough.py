@@ -401,7 +401,8 @@ def bss_micro_step(model, idx, r_idx, args):
     L_beliefs, parts = 0.0, []
     for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):
         L_chunk = bs.forget_loss(model, bs.make_batch(tok, chunk, model), base_method, args)
-        (args.gamma * args.bss_lambda * w * L_chunk / args.grad_accum).backward()
+        loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
+        (loss_part / args.grad_accum).backward()
         L_beliefs += w * L_chunk.detach()
         parts.append((w, L_chunk.item()))
     L_forget = bs.forget_loss(model, bs.make_batch(tok, target_ex, model), base_method, args)
