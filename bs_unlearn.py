@@ -541,10 +541,12 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
                 # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the
                 # objective (loss_part) is backpropagated at once and its graph freed: memory stays flat in N.
-                # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
+                # The backward of `loss` below adds the rest of Eq. 7 and the retain term. (On K ranks the mean
+                # runs over all ranks' beliefs, n of them, and w_c = K * len(chunk_c) / n, because sync_grads
+                # averages the ranks' gradients; under FSDP, chunks of weight 0 keep the ranks in step.)
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
-                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: see there)
+                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):
                     L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
                     loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
                     (loss_part / args.grad_accum).backward()
