@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from plumbing import fail, number
+from plumbing import autocast, fail, number
 
 
 def add_args(p):
@@ -72,10 +72,10 @@ def rmu_retain(model, ref_model, batch, args):
 
 
 def hidden_states(model, batch, layer):
-    """h_L, the output of decoder layer L (B, T, d), with the model run as bs_unlearn.forward runs it (bf16
-    autocast on CUDA), asking for one position's logits only: RMU never reads the (B, T, V) logits."""
+    """h_L, the output of decoder layer L (B, T, d): the model run as bs_unlearn.forward runs it, asking for
+    one position's logits only (RMU never reads the (B, T, V) logits)."""
     device = next(model.parameters()).device
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(model):
         out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                     attention_mask=batch["attention_mask"].to(device), output_hidden_states=True, logits_to_keep=1)
     return out.hidden_states[layer + 1]  # ([0] is the embeddings)

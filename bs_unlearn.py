@@ -29,8 +29,15 @@ Run (fully offline; the first run builds and caches a tiny model on generated da
     python bs_unlearn.py --method bs_s           # also: ga, npo, bs_t, wga, simnpo, rmu, finetune
     python eval.py runs/bs_s                     # metrics, see eval.py
 TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and LoRA: see the README.
-Where this code departs from the paper or its public code, a comment says so and why ("the public code"
-is the paper's); the README lists those choices in one place.
+Departures from the paper and its public code (each explained where its code is, and in the README):
+1. BS-S keeps N beliefs per forget example (the public code reuses its first batch's samples for all).
+2. BS-S's base loss is BS-T; beliefs are sampled once, from the starting model (--bss_regen resamples).
+3. The beliefs are backpropagated in chunks (--bss_chunk), so memory does not grow with N.
+4. Every loss sums over answer tokens and averages over sequences, as the equations' log pi(y|x) does.
+5. NPO's reference log-probs are computed once, before training.
+6. The KL retain term is masked to the answer tokens.
+7. bf16 weights are stepped with stochastic rounding.
+8. A run whose retain term diverges stops and saves nothing.
 """
 import copy
 import math
@@ -43,9 +50,9 @@ import torch.nn.functional as F
 
 # not the method: one-line errors, row files, loading and saving models, run folders written whole (some of
 # these names are here for eval.py, the notebooks and the tests, as bs.<name>)
-from plumbing import (Parser, StepCheck, StepLog, atomic_dir, check_lengths, check_out_dir,  # noqa: F401
-                      check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet, read_rows,
-                      run_dir, run_main, save_model, save_run, say)
+from plumbing import (Parser, StepCheck, StepLog, atomic_dir, autocast, check_lengths,  # noqa: F401
+                      check_out_dir, check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet,
+                      read_rows, run_dir, run_main, save_model, save_run, say)
 import baselines  # the other rows of the paper's Table 1: WGA, SimNPO, RMU
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
 import toy_world  # the embedded example: toy authors and a tiny model, built offline
@@ -229,14 +236,8 @@ def sequence_logps(logits, labels):
     return token_logps(logits, labels).sum(-1)
 
 
-def autocast(model):
-    """bf16 autocast on CUDA (the matmuls), fp32 elsewhere."""
-    device = next(model.parameters()).device
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def forward(model, batch):
-    """The logits (B, T, V)."""
+    """The logits (B, T, V), the matmuls in bf16 on CUDA (autocast)."""
     device = next(model.parameters()).device
     with autocast(model):
         return model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
@@ -260,9 +261,9 @@ def score(model, tok, examples, batch_size=64):
 
 
 # -----------------------------------------------------------------------------------------------------
-# Objectives: pure functions of log-probs / logits; every one is minimised. Each sums over the answer's tokens
-# and averages over sequences, as the equations' log pi(y|x) does (HF's `.loss` is a token mean; the README
-# says what this changes against open-unlearning's settings)
+# Objectives: pure functions of log-probs / logits; every one is minimised. The log-prob losses sum over the
+# answer's tokens and average over sequences, as the equations' log pi(y|x) does (HF's `.loss` is a token
+# mean; the README says what this changes against open-unlearning's settings)
 
 
 def nll_loss(logits, labels):
@@ -292,11 +293,12 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
     """Eqs. 5-6, BS-T: GA on the soft target t_i = lam * q_i + (1 - lam) * onehot(y_i), that is, minimise
     E[sum_i <t_i, log pi_theta(. | x, y_<i)>] = E[sum_i lam <q_i, log pi_theta> + (1 - lam) log pi_theta(y_i)].
     With lam = 0 it is exactly GA. (A label that is also in the top-k is pushed down by both terms.)"""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
     ids, q = bst_beliefs(logits, k, temperature)  # (B, T-1, k) each
     y = labels[:, 1:].clamp(min=0)  # (B, T-1); any id on the prompt and padding, masked below
-    on_beliefs = (q * logp.gather(-1, ids)).sum(-1)  # <q_i, log pi_theta>  (B, T-1)
-    on_label = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # log pi_theta(y_i)  (B, T-1)
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    picked = logp.gather(-1, torch.cat([ids, y.unsqueeze(-1)], -1))  # (B, T-1, k+1): one gather, both terms
+    on_beliefs = (q * picked[..., :-1]).sum(-1)  # <q_i, log pi_theta>  (B, T-1)
+    on_label = picked[..., -1]  # log pi_theta(y_i)  (B, T-1)
     per_token = (lam * on_beliefs + (1 - lam) * on_label) * (labels[:, 1:] != -100)
     return per_token.sum(-1).mean()
 
@@ -482,7 +484,7 @@ def make_optimizer(model, args):
 def belief_round(args, step, micro, micro_per_epoch):
     """BS-S: which round of beliefs a micro-step trains on: 0 always (the default: sampled once, from the
     starting model, off-policy), or with --bss_regen R one more round every R epochs, resampled from the model
-    being unlearned (which feeds it its own degenerate text as unlearning goes on)."""
+    being unlearned (which, in our prototype, fed it its own degenerate text as unlearning went on)."""
     epoch = (step * args.grad_accum + micro) / micro_per_epoch
     return int(epoch // args.bss_regen) if args.bss_regen else 0
 
@@ -542,8 +544,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the
                 # objective (loss_part) is backpropagated at once and its graph freed: memory stays flat in N.
                 # The backward of `loss` below adds the rest of Eq. 7 and the retain term. (On K ranks the mean
-                # runs over all ranks' beliefs, n of them, and w_c = K * len(chunk_c) / n, because sync_grads
-                # averages the ranks' gradients; under FSDP, chunks of weight 0 keep the ranks in step.)
+                # runs over all ranks' beliefs, n of them, and w_c = K * len(chunk_c) / n, because the ranks' gradients
+                # are averaged (sync_grads; FSDP2 in its backward); under FSDP, chunks of weight 0 keep the ranks
+                # in step.)
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
                 for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):

@@ -199,6 +199,12 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
     return model, tok
 
 
+def autocast(model):
+    """bf16 autocast on CUDA (the matmuls), fp32 elsewhere: how bs_unlearn.py and baselines.py run a model."""
+    device = next(model.parameters()).device
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @contextlib.contextmanager
 def no_hf_bars():
     """Without transformers' own "Loading weights" / "Writing model shards" bars."""

@@ -256,6 +256,18 @@ def test_bst_zero_lambda_is_ga():
     assert not torch.allclose(bs.bst_loss(logits, labels, k=3, lam=0.5), ga, atol=1e-3)
 
 
+def test_bst_beliefs_are_the_renormalised_topk():
+    logits, labels = hand_batch()
+    x = logits.clone().requires_grad_(True)
+    ids, q = bs.bst_beliefs(x, k=3)
+    assert torch.equal(ids, logits[:, :-1].topk(3, -1).indices)  # shifted: position t predicts t+1
+    assert torch.allclose(q, torch.softmax(logits[:, :-1].topk(3, -1).values, -1))
+    assert torch.allclose(q.sum(-1), torch.ones(2, 4))
+    assert not q.requires_grad  # stop-gradient
+    ids, q = bs.bst_beliefs(logits, k=50)  # k above the vocabulary (6): all of it
+    assert ids.shape[-1] == 6 and torch.allclose(q, torch.softmax(logits[:, :-1], -1).sort(-1, True).values)
+
+
 def test_bst_target_sums_to_one_on_topk_and_label():
     logits, labels = hand_batch()
     k, lam = 2, 0.3
