@@ -320,32 +320,33 @@ def kl_retain_loss(logits, ref_logits, labels):
 
 
 def forget_loss(model, batch, method, args):
-    """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO), 4 (WGA), 6 (BS-T),
-    SimNPO or RMU; BS-S (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
-    if method == "rmu":  # hidden states, not log-probs (baselines.py)
+    """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO) or 6 (BS-T), or a
+    baseline (WGA, SimNPO, RMU); BS-S (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
+    if method == "rmu":  # a baseline on hidden states, not log-probs (baselines.py)
         return baselines.rmu_forget(model, batch, args)
     logits, labels = forward(model, batch), batch["labels"]
-    if method == "finetune":
-        return nll_loss(logits, labels)
     if method == "ga":
         return ga_loss(sequence_logps(logits, labels))
     if method == "npo":
         return npo_loss(sequence_logps(logits, labels), batch["ref_logps"], args.npo_beta)
+    if method == "bs_t":
+        return bst_loss(logits, labels, args.bst_topk, args.bst_lambda, args.bst_temp)
+    if method == "finetune":
+        return nll_loss(logits, labels)
+    # the other rows of the paper's Table 1, for comparison (baselines.py; not needed to follow the method)
     if method == "wga":
         return baselines.wga_loss(token_logps(logits, labels), args.wga_a)
     if method == "simnpo":
         n_tokens = (labels[:, 1:] != -100).sum(-1)
         return baselines.simnpo_loss(sequence_logps(logits, labels), n_tokens, args.simnpo_beta,
                                      args.simnpo_delta)
-    if method == "bs_t":
-        return bst_loss(logits, labels, args.bst_topk, args.bst_lambda, args.bst_temp)
     raise ValueError(f"no forget loss for method {method!r} (BS-S's is Eq. 7 on its base method's)")
 
 
 def retain_loss(model, batch, args, ref_model=None):
     """The retain term: NLL of the retain answers, KL to the frozen starting model (--retain_loss kl), or the
     distance to its hidden states (embed, RMU's)."""
-    if args.retain_loss == "embed":  # (baselines.py)
+    if args.retain_loss == "embed":  # RMU's (baselines.py)
         return baselines.rmu_retain(model, ref_model, batch, args)
     logits = forward(model, batch)
     if args.retain_loss == "kl":
@@ -543,13 +544,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
                 # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the
                 # objective (loss_part) is backpropagated at once and its graph freed: memory stays flat in N.
-                # The backward of `loss` below adds the rest of Eq. 7 and the retain term. (On K ranks the mean
-                # runs over all ranks' beliefs, n of them, and w_c = K * len(chunk_c) / n, because the ranks' gradients
-                # are averaged (sync_grads; FSDP2 in its backward); under FSDP, chunks of weight 0 keep the ranks
-                # in step.)
+                # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
-                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):
+                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: scaling.py)
                     L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
                     loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
                     (loss_part / args.grad_accum).backward()
