@@ -487,6 +487,12 @@ def test_sample_beliefs_seeded(tok, model, examples):
     assert ids(bs.sample_beliefs(model, tok, examples, other_seed)) != a
     # the N samples of one prompt are not copies of each other
     assert any(len({tuple(s) for s in x}) > 1 for x in a)
+    # and the caller's random stream is left where it was
+    torch.manual_seed(99)
+    expected = torch.rand(4)
+    torch.manual_seed(99)
+    bs.sample_beliefs(model, tok, examples, args)
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_bss_keep_most_confident(tok, examples):
