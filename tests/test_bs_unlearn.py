@@ -700,7 +700,7 @@ def test_bss_beliefs_sampled_once_per_round(toy, monkeypatch):
 
 def test_bss_given_beliefs_replace_the_first_round(toy, monkeypatch):
     # given the beliefs train would sample itself, train must not sample and must end at the same weights
-    # (in fp32; in bf16 the stochastic rounding draws from the RNG that sampling reseeds)
+    # (in bf16 too, where AdamW's stochastic rounding draws from the global RNG: sampling leaves it alone)
     model0, tok, forget_ex, retain_ex = toy
     args = train_args("bs_s", "--epochs", "0.5")
     sampled = bs.sample_beliefs(model0, tok, forget_ex, args, 0)
@@ -715,9 +715,17 @@ def test_bss_given_beliefs_replace_the_first_round(toy, monkeypatch):
     assert rounds == [0]  # nothing more sampled
     for (n, p), q in zip(itself.named_parameters(), given.parameters()):
         assert torch.equal(p, q), n
+    itself, given = copy.deepcopy(model0).to(torch.bfloat16), copy.deepcopy(model0).to(torch.bfloat16)
+    sampled16 = recorder.real(itself, tok, forget_ex, args, 0)
+    bs.train(itself, tok, forget_ex, retain_ex, args)
+    bs.train(given, tok, forget_ex, retain_ex, args, beliefs=sampled16)
+    assert rounds == [0, 0]
+    for (n, p), q in zip(itself.named_parameters(), given.parameters()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(itself.model.embed_tokens.weight, model0.model.embed_tokens.weight.bfloat16())
     bs.train(copy.deepcopy(model0), tok, forget_ex[:16], retain_ex, train_args("bs_s", "--bss_regen", "1"),
              beliefs=[bel[:1] for bel in sampled[:16]])
-    assert rounds == [0, 1]  # 2 epochs, resampled every epoch: only round 1 is sampled
+    assert rounds == [0, 0, 1]  # 2 epochs, resampled every epoch: only round 1 is sampled
 
 
 # -----------------------------------------------------------------------------------------------------
