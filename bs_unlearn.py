@@ -33,7 +33,7 @@ Departures from the paper and its public code (each explained where its code is,
 1. BS-S keeps N beliefs per forget example (the public code reuses its first batch's samples for all).
 2. BS-S's base loss is BS-T; beliefs are sampled once, from the starting model (--bss_regen resamples).
 3. The beliefs are backpropagated in chunks (--bss_chunk), so memory does not grow with N.
-4. Every loss sums over answer tokens and averages over sequences, as the equations' log pi(y|x) does.
+4. The log-prob losses sum over answer tokens and average over sequences, as the equations' log pi(y|x) does.
 5. NPO's reference log-probs are computed once, before training.
 6. The KL retain term is masked to the answer tokens.
 7. bf16 weights are stepped with stochastic rounding.
