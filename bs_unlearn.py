@@ -430,15 +430,11 @@ def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
     return beliefs
 
 
-def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0, ref_model=None):
-    """sample_beliefs for every forget example (on torchrun's K ranks each samples its share, and all get
-    all), with NPO's reference log-probs when the base loss needs them (from ref_model, else the model)."""
+def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0):
+    """sample_beliefs for every forget example (on torchrun's K ranks each samples its share, and all get all)."""
     def sample(part):
         return sample_beliefs(model, tok, part, args, sampling_round)
-    beliefs = scaling.gather(sample, forget_examples)  # in one process: sample(forget_examples)
-    if needs_ref_logps(args):
-        attach_ref_logps(ref_model or model, tok, flatten(beliefs), args.gen_batch_size)
-    return beliefs
+    return scaling.gather(sample, forget_examples)  # in one process: sample(forget_examples)
 
 
 def attach_ref_logps(start_model, tok, examples, batch_size=64):
@@ -496,7 +492,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
           beliefs=None):
     """Minimise L = gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
     pairs a forget batch with a retain batch. BS-S only: `beliefs`, as sample_beliefs returns them for
-    forget_ex, replaces the first round of sampling (later rounds, with --bss_regen, are sampled here).
+    forget_ex, replaces the sampling before the first step (--bss_regen's later rounds are sampled in the loop).
     One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
     Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
     torch.manual_seed(args.seed)
@@ -505,17 +501,21 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     micro_per_epoch = math.ceil(len(forget_ex) / global_batch)
     total = math.ceil(micro_per_epoch * args.epochs / args.grad_accum)
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)
-    # pi_o, the frozen start, where training needs it: main hands it in (from scaling.wrap); a direct call gets a
-    # copy here. NPO's log-probs of pi_o need no copy: the model is pi_o until its first step
-    if ref_model is None and needs_ref_model(args):
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    if needs_ref_logps(args):
-        attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
-    # BS-S applies its base loss to targets and beliefs alike (Eq. 7)
-    base = args.bss_base if args.method == "bs_s" else args.method
+    # BS-S: the beliefs, sampled once from the starting model (off-policy) unless handed in
+    if args.method == "bs_s" and beliefs is None:
+        beliefs = sample_all_beliefs(model, tok, forget_ex, args)
     if beliefs is not None and not all(beliefs):
         fail("train: every forget example needs at least one belief (an empty list was handed in)")
-    beliefs_round = None if beliefs is None else 0  # the round of sampling that `beliefs` holds
+    # NPO: pi_o's log-probs of the targets and beliefs, once, from the model itself (pi_o until its first step)
+    if needs_ref_logps(args):
+        attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
+    # pi_o itself, where training needs it after its first step (see needs_ref_model): main hands it in (from
+    # scaling.wrap); a direct call gets a frozen copy here
+    if ref_model is None and needs_ref_model(args):
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    # BS-S applies its base loss to targets and beliefs alike (Eq. 7)
+    base = args.bss_base if args.method == "bs_s" else args.method
+    beliefs_round = 0  # the round of sampling that `beliefs` holds (--bss_regen adds rounds)
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
     # stops on NaN or inf, and on a retain term risen above its first step's by more than ln V nats per answer
     # token, worse than a uniform guess over the vocabulary: a broken model is not saved (not for RMU's retain
@@ -540,8 +540,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
             target_ex = [forget_ex[i] for i in idx]
             if args.method == "bs_s":  # Eq. 7: L_forget = (1 - lam) * L(targets) + lam * mean_j L(belief_j)
                 r = belief_round(args, step, micro, micro_per_epoch)  # 0, or one more every --bss_regen epochs
-                if r != beliefs_round:  # sampled here at the first micro-step (unless handed in), and per round
-                    beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r, ref_model), r
+                if r != beliefs_round:  # --bss_regen: resampled from the model being unlearned (on-policy)
+                    beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r), r
+                    if needs_ref_logps(args):  # NPO: pi_o's log-probs of the new beliefs, from the frozen copy
+                        attach_ref_logps(ref_model, tok, flatten(beliefs), args.gen_batch_size)
                 # The belief term, mean_j L(belief_j) over this batch's beliefs (`mine`, sorted by length: less
                 # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
                 # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the
