@@ -503,7 +503,10 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     warmup = min(int(args.warmup_epochs * micro_per_epoch / args.grad_accum), total // 2)
     # BS-S: the beliefs, sampled once from the starting model (off-policy) unless handed in
     if args.method == "bs_s" and beliefs is None:
+        t0 = time.time()
         beliefs = sample_all_beliefs(model, tok, forget_ex, args)
+        say(f"sampled {len(beliefs[0])} beliefs per forget question ({sum(map(len, beliefs))} in all) from the "
+            f"starting model in {time.time() - t0:.1f} s")
     if beliefs is not None and not all(beliefs):
         fail("train: every forget example needs at least one belief (an empty list was handed in)")
     # NPO: pi_o's log-probs of the targets and beliefs, once, from the model itself (pi_o until its first step)
