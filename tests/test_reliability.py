@@ -591,8 +591,10 @@ def wait_for_step(child, n):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_signal_mid_run_leaves_nothing_that_looks_finished(toy_cache, tmp_path, sig):
     out = tmp_path / "run"
+    # (a test session started in the background, `cmd &`, ignores SIGINT, and so would the child: not here)
     child = subprocess.Popen(cli(toy_cache, out, "--epochs", "20"), cwd=ROOT, text=True, env=cli_env(toy_cache),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_step(child, 3)
     child.send_signal(sig)
     _, err = child.communicate(timeout=120)
