@@ -2,7 +2,8 @@
 baselines.py: the other rows of the paper's Table 1, beside bs_unlearn.py's four objectives (GA, NPO, BS-T,
 BS-S), as open-unlearning defines them and at its defaults. Every loss is minimised; WGA's and SimNPO's are
 pure functions of log-probs, and RMU's two terms run the model for its hidden states (rmu_forget,
-rmu_retain). bs_unlearn.forget_loss and retain_loss call them (--method wga / simnpo / rmu).
+rmu_retain). bs_unlearn.forget_loss calls forget_loss (--method wga / simnpo / rmu), and its retain_loss calls
+rmu_retain (--retain_loss embed, RMU's default).
 
     WGA    (the paper's Eq. 4) GA with each answer token's log-prob weighted by its probability to the power a:
            L = E[ sum_i w_i log pi(y_i | x, y_<i) ],  w_i = sg[pi(y_i | x, y_<i)]^a      a = 1; a = 0 is GA
@@ -40,6 +41,23 @@ def add_args(p):
                    help="RMU: the control vector's norm c")
 
 
+METHODS = ["wga", "simnpo", "rmu"]
+
+
+def forget_loss(model, batch, method, args, forward, token_logps):
+    """A baseline's forget term on one batch, its forward included. bs_unlearn.forget_loss hands in its own
+    `forward` and `token_logps`, so WGA and SimNPO score the answers exactly as its objectives do."""
+    if method == "rmu":  # hidden states, not log-probs
+        return rmu_forget(model, batch, args)
+    labels = batch["labels"]
+    logps = token_logps(forward(model, batch), labels)  # (B, T-1): each answer token's log-prob, 0 elsewhere
+    if method == "wga":
+        return wga_loss(logps, args.wga_a)
+    if method == "simnpo":
+        return simnpo_loss(logps.sum(-1), (labels[:, 1:] != -100).sum(-1), args.simnpo_beta, args.simnpo_delta)
+    raise ValueError(f"no baseline {method!r}")
+
+
 def wga_loss(token_logps, a=1.0):
     """WGA from the answer tokens' log-probs (B, T), 0 off the answer. The weight pi^a is detached, so a token
     the model no longer predicts stops pulling: GA that lets go. With a = 0 it is exactly GA."""
@@ -53,7 +71,7 @@ def simnpo_loss(policy_logps, n_tokens, beta=4.5, delta=0.0):
 
 
 # -----------------------------------------------------------------------------------------------------
-# RMU: hidden states. bs_unlearn.forget_loss calls rmu_forget for --method rmu, and retain_loss calls
+# RMU: hidden states. forget_loss calls rmu_forget for --method rmu, and bs_unlearn.retain_loss calls
 # rmu_retain for its retain term (--retain_loss embed)
 
 

@@ -60,7 +60,7 @@ import toy_world  # the embedded example: toy authors and a tiny model, built of
 # -----------------------------------------------------------------------------------------------------
 # Config
 
-METHODS = ["ga", "npo", "bs_t", "bs_s", "wga", "simnpo", "rmu", "finetune"]  # wga, simnpo, rmu: baselines
+METHODS = ["ga", "npo", "bs_t", "bs_s", "finetune"] + baselines.METHODS  # the baselines: wga, simnpo, rmu
 
 
 def get_args(argv=None):
@@ -320,10 +320,10 @@ def kl_retain_loss(logits, ref_logits, labels):
 
 
 def forget_loss(model, batch, method, args):
-    """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO) or 6 (BS-T), or a
-    baseline (WGA, SimNPO, RMU); BS-S (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
-    if method == "rmu":  # a baseline on hidden states, not log-probs (baselines.py)
-        return baselines.rmu_forget(model, batch, args)
+    """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO) or 6 (BS-T); BS-S
+    (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
+    if method in baselines.METHODS:  # the other rows of Table 1, for comparison: not needed to follow the method
+        return baselines.forget_loss(model, batch, method, args, forward, token_logps)
     logits, labels = forward(model, batch), batch["labels"]
     if method == "ga":
         return ga_loss(sequence_logps(logits, labels))
@@ -333,13 +333,6 @@ def forget_loss(model, batch, method, args):
         return bst_loss(logits, labels, args.bst_topk, args.bst_lambda, args.bst_temp)
     if method == "finetune":
         return nll_loss(logits, labels)
-    # the other rows of the paper's Table 1, for comparison (baselines.py; not needed to follow the method)
-    if method == "wga":
-        return baselines.wga_loss(token_logps(logits, labels), args.wga_a)
-    if method == "simnpo":
-        n_tokens = (labels[:, 1:] != -100).sum(-1)
-        return baselines.simnpo_loss(sequence_logps(logits, labels), n_tokens, args.simnpo_beta,
-                                     args.simnpo_delta)
     raise ValueError(f"no forget loss for method {method!r} (BS-S's is Eq. 7 on its base method's)")
 
 
