@@ -318,11 +318,13 @@ def run(args, method, s, split, seed):
 
 
 def mean_agg(results):
-    """Mean Agg over runs; None if any run stopped, "not run" if one is missing (--tables_only)."""
+    """Mean Agg over runs; None if any run stopped; with --tables_only, "not run" if none has run and "k of n
+    seeds run" if some have."""
     if any(r is not None and "stopped" in r for r in results):
         return None
-    if not results or None in results:
-        return "not run"
+    done = sum(r is not None for r in results)
+    if done < len(results) or not results:
+        return f"{done} of {len(results)} seeds run" if done else "not run"
     return statistics.mean(r["summary"]["agg"] for r in results)
 
 
@@ -331,7 +333,7 @@ def tune(args, split, method):
     scores = {}
     for s in grid(args, method):
         scores[label(s)] = (s, mean_agg([run(args, method, s, split, seed) for seed in args.tune_seeds]))
-    ok = {k: v for k, v in scores.items() if v[1] not in (None, "not run")}
+    ok = {k: v for k, v in scores.items() if v[1] is not None and not isinstance(v[1], str)}  # all seeds run
     chosen = max(ok.values(), key=lambda v: v[1])[0] if ok else None
     return {k: v[1] for k, v in scores.items()}, chosen
 
@@ -436,8 +438,9 @@ def main(argv=None):
                     f"{k}{'*' if k == t['chosen'] else ''} "
                     f"{'stopped' if v is None else v if isinstance(v, str) else f'{v:.3f}'}"
                     for k, v in t["scores"].items()))
-        if any(v == "not run" for t in tuning.values() for p in t.values() for v in p["scores"].values()):
-            lines += ["", "A setting not run yet is left out of the choice, which may change once it has run."]
+        if any(isinstance(v, str) for t in tuning.values() for p in t.values() for v in p["scores"].values()):
+            lines += ["", "A setting not yet run on every tuning seed is left out of the choice, which may change "
+                      "once it has."]
         parts.append("\n".join(lines))
     elif tuned:
         parts.append(f"Every setting, on seeds {seeds} (mean ± sample sd):")

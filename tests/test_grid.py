@@ -147,9 +147,15 @@ def test_tables_only_says_what_has_not_run(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(bs, "train", no_training)
     more = [a if a != "3e-4,1e-3,10" else "3e-4,1e-3,10,3e-3" for a in argv]
     more[more.index("--out_root") + 1] = str(tmp_path / "copy")
+    # and GA's setting that was not chosen (of 3e-4 and 1e-3; 10 stopped) loses its run on tuning seed 3
+    chosen = table["tuning"]["ga"]["forget10"]["chosen"]
+    partial = "lr0.001" if chosen == "lr0.0003" else "lr0.0003"
+    shutil.rmtree(tmp_path / "copy" / "forget10" / "seed3" / f"ga-{partial}")
     again = grid.main(more + ["--tables_only"])
     for m, lab in (("ga", "lr0.003"), ("bs_s", "lr0.003_lam0.5")):
         assert again["tuning"][m]["forget10"]["scores"][lab] == "not run"
         assert again["tuning"][m]["forget10"]["chosen"] == table["tuning"][m]["forget10"]["chosen"]
+    assert again["tuning"]["ga"]["forget10"]["scores"][partial] == "1 of 2 seeds run"
     text = open(tmp_path / "copy" / "table.md").read()
     assert "lr0.003 not run" in text and "lr10 stopped" in text and "left out of the choice" in text
+    assert f"{partial} 1 of 2 seeds run" in text
