@@ -547,7 +547,7 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
                 # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
                 mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
                 L_beliefs = 0.0
-                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # (K ranks: scaling.py)
+                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # 1 process: len(chunk)/len(mine)
                     L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
                     loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
                     (loss_part / args.grad_accum).backward()

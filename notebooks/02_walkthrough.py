@@ -452,7 +452,8 @@ claim("the gradient the chunked micro-step leaves in .grad is that of Eq. 7's ob
 # %% [markdown]
 # ## 7. A short training run
 #
-# `bs.train(model, tok, forget_ex, retain_ex, args)` runs AdamW with a linear warmup and decay. Each step
+# `bs.train(model, tok, forget_ex, retain_ex, args)` runs AdamW with a linear warmup and decay. For BS-S it
+# first samples the beliefs from the starting model, as section 5.4 did (one line says how many). Each step
 # pairs a forget batch (for BS-S: the targets, then their beliefs in chunks) with a retain batch, and
 # logs the two terms separately: one line per step on stdout, the same numbers as JSON lines in `log_path`.
 # Once an epoch it prints the greedy answer to one forget and one retain question. Here is BS-S at the
