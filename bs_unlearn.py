@@ -481,10 +481,39 @@ def belief_round(args, step, micro, micro_per_epoch):
     return int(epoch // args.bss_regen) if args.bss_regen else 0
 
 
+def micro_step(model, tok, targets, beliefs, retain, args, ref_model=None):
+    """One micro-step: the objective L = gamma * L_forget + alpha * L_retain on a batch of forget examples
+    (`targets`), for BS-S their `beliefs` (one list), and a batch of retain examples (None: no retain term),
+    backpropagated. Returns the two terms, detached, for the log."""
+    base = args.bss_base if args.method == "bs_s" else args.method  # BS-S: its base loss on targets and beliefs
+    if args.method == "bs_s":  # Eq. 7: L_forget = (1 - lam) * L(targets) + lam * mean_j L(belief_j)
+        # The belief term, mean_j L(belief_j) over the batch's beliefs (`mine`, sorted by length: less padding),
+        # is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
+        # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the objective
+        # (loss_part) is backpropagated at once and its graph freed: memory stays flat in N. The backward of
+        # `loss` below adds the rest of Eq. 7 and the retain term.
+        mine = sorted(beliefs, key=lambda b: len(b["input_ids"]))
+        L_beliefs = 0.0
+        for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # 1 process: len(chunk)/len(mine)
+            L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
+            loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
+            (loss_part / args.grad_accum).backward()
+            L_beliefs += w * L_chunk.detach()
+    L_forget = forget_loss(model, make_batch(tok, targets, model), base, args)
+    if args.method == "bs_s":  # Eq. 7 (its belief term's gradient is in .grad already: detached here)
+        L_forget = bss_loss(L_forget, L_beliefs, args.bss_lambda)
+    L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
+    if retain is not None:
+        L_retain = retain_loss(model, make_batch(tok, retain, model), args, ref_model)
+    loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
+    (loss / args.grad_accum).backward()  # .grad adds up the --grad_accum micro-steps' gradients
+    return L_forget.detach(), L_retain.detach()
+
+
 def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None, progress=False,
           beliefs=None):
     """Minimise L = gamma * L_forget + alpha * L_retain with AdamW, warmup then linear decay. Each micro-step
-    pairs a forget batch with a retain batch. BS-S only: `beliefs`, as sample_beliefs returns them for
+    (micro_step) pairs a forget batch with a retain batch. BS-S only: `beliefs`, as sample_beliefs returns them for
     forget_ex, replaces the sampling before the first step (--bss_regen's later rounds are sampled in the loop).
     One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
     Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
@@ -509,8 +538,6 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     # scaling.wrap); a direct call gets a frozen copy here
     if ref_model is None and needs_ref_model(args):
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    # BS-S applies its base loss to targets and beliefs alike (Eq. 7)
-    base = args.bss_base if args.method == "bs_s" else args.method
     beliefs_round = 0  # the round of sampling that `beliefs` holds (--bss_regen adds rounds)
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
     # stops on NaN or inf, and on a retain term risen above its first step's by more than ln V nats per answer
@@ -533,36 +560,18 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         forget = retain = 0.0
         for micro in range(args.grad_accum):
             idx = next(forget_batches)
-            target_ex = [forget_ex[i] for i in idx]
-            if args.method == "bs_s":  # Eq. 7: L_forget = (1 - lam) * L(targets) + lam * mean_j L(belief_j)
+            if args.method == "bs_s":
                 r = belief_round(args, step, micro, micro_per_epoch)  # 0, or one more every --bss_regen epochs
                 if r != beliefs_round:  # --bss_regen: resampled from the model being unlearned (on-policy)
                     beliefs, beliefs_round = sample_all_beliefs(model, tok, forget_ex, args, r), r
                     if needs_ref_logps(args):  # NPO: pi_o's log-probs of the new beliefs, from the frozen copy
                         attach_ref_logps(ref_model, tok, flatten(beliefs), args.gen_batch_size)
-                # The belief term, mean_j L(belief_j) over this batch's beliefs (`mine`, sorted by length: less
-                # padding), is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
-                # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the
-                # objective (loss_part) is backpropagated at once and its graph freed: memory stays flat in N.
-                # The backward of `loss` below adds the rest of Eq. 7 and the retain term.
-                mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
-                L_beliefs = 0.0
-                for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # 1 process: len(chunk)/len(mine)
-                    L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
-                    loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
-                    (loss_part / args.grad_accum).backward()
-                    L_beliefs += w * L_chunk.detach()
-            L_forget = forget_loss(model, make_batch(tok, target_ex, model), base, args)
-            if args.method == "bs_s":  # Eq. 7 (its belief term's gradient is in .grad already: detached here)
-                L_forget = bss_loss(L_forget, L_beliefs, args.bss_lambda)
-            L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
-            if use_retain:
-                retain_batch = make_batch(tok, [retain_ex[i] for i in next(retain_batches)], model)
-                L_retain = retain_loss(model, retain_batch, args, ref_model)
-            loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
-            (loss / args.grad_accum).backward()  # accumulated over --grad_accum micro-steps
-            forget += L_forget.detach() / args.grad_accum  # (kept on the device: nothing waits for them)
-            retain += L_retain.detach() / args.grad_accum
+            targets = [forget_ex[i] for i in idx]
+            their_beliefs = [b for i in idx for b in beliefs[i]] if args.method == "bs_s" else None
+            retain_part = [retain_ex[i] for i in next(retain_batches)] if use_retain else None
+            L_forget, L_retain = micro_step(model, tok, targets, their_beliefs, retain_part, args, ref_model)
+            forget += L_forget / args.grad_accum  # (kept on the device: nothing waits for them)
+            retain += L_retain / args.grad_accum
         scaling.sync_grads(model)  # (K ranks: the gradients averaged over them)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         forget, retain, gnorm = scaling.average(forget, retain, gnorm)  # floats (K ranks: their mean)

@@ -318,9 +318,10 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 #
 # $$L = \gamma\, L_{\text{forget}} + \alpha\, L_{\text{retain}},$$
 #
-# with AdamW. One optimizer step is `--grad_accum` micro-steps. Each micro-step pairs a forget batch with a
-# retain batch, computes the two terms, writes `loss = args.gamma * L_forget + args.alpha * L_retain`, and
-# calls `(loss / args.grad_accum).backward()` on the next line. Gradients add up in `.grad`, so after the
+# with AdamW. One optimizer step is `--grad_accum` micro-steps. For each, `train` draws a forget batch and a
+# retain batch and calls `bs.micro_step`, which computes the two terms, writes
+# `loss = args.gamma * L_forget + args.alpha * L_retain`, and calls `(loss / args.grad_accum).backward()` on
+# the next line. Gradients add up in `.grad`, so after the
 # last micro-step `.grad` holds the mean of the micro-steps' gradients; `opt.step()` applies it (after
 # clipping). For GA, NPO and BS-T, that one `.backward()` is all there is.
 #
@@ -333,18 +334,18 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 #
 # with $L$ the base loss (BS-T) and the $n$ beliefs those of the batch's forget examples ($N$ each). One
 # forward over all $n$ beliefs would keep the activations of $n$ sequences until the backward, so memory
-# would grow with $N$ (the paper's authors ran out of it at $N = 10$). So `train` sorts the beliefs by
+# would grow with $N$ (the paper's authors ran out of it at $N = 10$). So `micro_step` sorts the beliefs by
 # length (less padding in a chunk), cuts them into chunks of at most `--bss_chunk`, and backpropagates
 # each chunk $c$ at once, with weight
 #
 # $$\frac{\gamma\, \lambda\, w_c}{\text{grad\_accum}}, \qquad w_c = \frac{|c|}{n}, \qquad \sum_c w_c = 1.$$
 #
 # A chunk's backward frees its activations before the next chunk's forward, so the beliefs never hold more
-# than one chunk's activations at a time, whatever $N$ is. `train` runs the chunks first, before the
-# targets' and the retain batch's forwards, so no other activations are held while they run. The base loss of a chunk is a mean over its sequences, so weighing it by its share $|c| / n$
-# gives the mean over all $n$ beliefs: $\sum_c w_c\, L(c)$ is Eq. 7's belief term, and the chunks'
-# gradients add up to its gradient. (A plain mean of the chunks' losses would not be, when the last chunk
-# is smaller.)
+# than one chunk's activations at a time, whatever $N$ is. `micro_step` runs the chunks first, before the
+# targets' and the retain batch's forwards, so no other activations are held while they run. The base loss of
+# a chunk is a mean over its sequences, so weighing it by its share $|c| / n$ gives the mean over all $n$
+# beliefs: $\sum_c w_c\, L(c)$ is Eq. 7's belief term, and the chunks' gradients add up to its gradient. (A
+# plain mean of the chunks' losses would not be, when the last chunk is smaller.)
 #
 # Each chunk also adds `w * L_chunk.detach()` to `L_beliefs`. Then `bs.bss_loss(L_forget, L_beliefs, lam)`
 # mixes the targets' term with this detached belief term, as Eq. 7 does. Its value is Eq. 7's, so the
@@ -353,12 +354,12 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 # beliefs' gradient is already in `.grad`.
 #
 # The chunks come from `scaling.weighted_chunks`. `scaling.py` is where the distributed code lives, and
-# `train` reaches it through a few marked calls: this rank's share of each batch, the chunks' weights, the
-# gradients' average over the ranks before clipping, and the logged numbers' average. Under torchrun, $n$
-# counts every rank's beliefs and each rank's weights sum to $K$, the number of ranks, because the ranks'
-# gradients are averaged; under FSDP, extra chunks of weight 0 keep the ranks in step. A plain
-# `python bs_unlearn.py` run passes through none of that: in one process each batch stays whole, the
-# weights sum to 1, and nothing is averaged.
+# `train` and `micro_step` reach it through a few marked calls: this rank's share of each batch, the chunks'
+# weights, the gradients' average over the ranks before clipping, and the logged numbers' average. Under
+# torchrun, $n$ counts every rank's beliefs and each rank's weights sum to $K$, the number of ranks, because
+# the ranks' gradients are averaged; under FSDP, extra chunks of weight 0 keep the ranks in step. A plain
+# `python bs_unlearn.py` run passes through none of that: in one process each batch stays whole, the weights
+# sum to 1, and nothing is averaged.
 #
 # The check below asks `weighted_chunks` for the chunks of 4 forget examples' beliefs (sampled in section
 # 5.4). Three flags move from their defaults, so that no factor of a chunk's weight is 1: `--bss_chunk 5`
@@ -379,39 +380,16 @@ claim("in one process the chunk weights sum to 1", abs(total_weight - 1) < 1e-12
 # %% [markdown]
 # ### 6.2 Check: the chunks leave the gradient of Eq. 7
 #
-# Now one BS-S micro-step, run the way `train` runs it: `bss_micro_step` below holds the lines of `train`'s
-# micro-step, with the same calls, and runs them on a fresh copy of the starting model (4 forget examples,
-# their beliefs, 4 retain examples). Then the same objective in one graph, on a second copy: Eq. 7 with all
-# the beliefs in one batch, plus the retain term, and a single `.backward()`. The gradient of a sum is the
-# sum of the gradients, so the two `.grad`s should agree up to float rounding: the chunks change the order
-# of the additions, not what is added. The check runs in fp32 on the CPU (on a GPU, `bs.forward` computes
-# in bf16).
+# Now one BS-S micro-step, `bs.micro_step` itself, the function `train` calls, on a fresh copy of the starting
+# model (4 forget examples, their beliefs, 4 retain examples). Then the same objective in one graph, on a
+# second copy: Eq. 7 with all the beliefs in one batch, plus the retain term, and a single `.backward()`. The
+# gradient of a sum is the sum of the gradients, so the two `.grad`s should agree up to float rounding: the
+# chunks change the order of the additions, not what is added. The check runs in fp32 on the CPU (on a GPU,
+# `bs.forward` computes in bf16).
 
 # %%
 retain_ex = bs.encode_rows(tok, retain_rows)
 r_idx = [0, 1, 2, 3]  # the retain examples paired with this forget batch
-
-
-def bss_micro_step(model, idx, r_idx, args):
-    """One micro-step of bs.train for BS-S with a retain term, as train writes it. Leaves the gradient in
-    the model's .grad; returns the two terms as logged, and each chunk's weight and loss."""
-    base_method = args.bss_base  # (train calls it `base`; in this notebook `base` is the starting model)
-    target_ex = [forget_ex[i] for i in idx]
-    mine = sorted((b for i in idx for b in beliefs[i]), key=lambda b: len(b["input_ids"]))
-    L_beliefs, parts = 0.0, []
-    for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):
-        L_chunk = bs.forget_loss(model, bs.make_batch(tok, chunk, model), base_method, args)
-        loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
-        (loss_part / args.grad_accum).backward()
-        L_beliefs += w * L_chunk.detach()
-        parts.append((w, L_chunk.item()))
-    L_forget = bs.forget_loss(model, bs.make_batch(tok, target_ex, model), base_method, args)
-    L_forget = bs.bss_loss(L_forget, L_beliefs, args.bss_lambda)
-    retain_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], model)
-    L_retain = bs.retain_loss(model, retain_batch, args)
-    loss = args.gamma * L_forget + args.alpha * L_retain
-    (loss / args.grad_accum).backward()
-    return L_forget.item(), L_retain.item(), parts
 
 
 def flat_grad(model):
@@ -421,8 +399,13 @@ def flat_grad(model):
 
 fp32_start = copy.deepcopy(base).cpu().train()  # the starting model in fp32 on the CPU, in train mode as train
 chunked = copy.deepcopy(fp32_start)
-L_forget, L_retain, parts = bss_micro_step(chunked, idx, r_idx, step_args)
+targets, their_beliefs = [forget_ex[i] for i in idx], [b for i in idx for b in beliefs[i]]
+L_forget, L_retain = bs.micro_step(chunked, tok, targets, their_beliefs, [retain_ex[i] for i in r_idx], step_args)
+L_forget = L_forget.item()
 grad_chunked = flat_grad(chunked)
+with torch.no_grad():  # each chunk's base loss, to look at (micro_step computes these and backpropagates them)
+    parts = [(w, bs.forget_loss(fp32_start, bs.make_batch(tok, c, fp32_start), step_args.bss_base,
+                                step_args).item()) for c, w in chunks]
 
 one_graph = copy.deepcopy(fp32_start)  # Eq. 7 as written: all beliefs in one batch, one backward
 t_batch = bs.make_batch(tok, [forget_ex[i] for i in idx], one_graph)

@@ -675,6 +675,30 @@ def test_bss_chunks_do_not_change_the_loss(toy, tmp_path):
     assert [r["forget"] for r in one] == pytest.approx([r["forget"] for r in many], rel=1e-4)
 
 
+def test_micro_step_leaves_the_gradient_of_eq7(toy):
+    """BS-S's micro-step, beliefs in chunks of 5 (5, 5, 2: unequal), against its objective in one graph:
+    gamma * Eq. 7 + alpha * the retain NLL, all beliefs in one batch, one backward (over --grad_accum)."""
+    model0, tok, forget_ex, retain_ex = toy
+    args = train_args("bs_s", "--bss_chunk", "5", "--grad_accum", "2", "--gamma", "0.5", "--alpha", "2")
+    targets, retain = forget_ex[:4], retain_ex[:4]
+    beliefs = [b for per_example in bs.sample_beliefs(model0, tok, targets, args) for b in per_example]
+    assert len(beliefs) == 12
+    chunked, one_graph = copy.deepcopy(model0), copy.deepcopy(model0)
+    L_forget, L_retain = bs.micro_step(chunked, tok, targets, beliefs, retain, args)
+
+    def base_loss(examples):
+        return bs.forget_loss(one_graph, bs.make_batch(tok, examples, one_graph), args.bss_base, args)
+    eq7 = (1 - args.bss_lambda) * base_loss(targets) + args.bss_lambda * base_loss(beliefs)
+    retain_batch = bs.make_batch(tok, retain, one_graph)
+    nll = bs.nll_loss(bs.forward(one_graph, retain_batch), retain_batch["labels"])
+    ((args.gamma * eq7 + args.alpha * nll) / args.grad_accum).backward()
+    assert L_forget.item() == pytest.approx(eq7.item(), rel=1e-5)
+    assert L_retain.item() == pytest.approx(nll.item(), rel=1e-6)
+    scale = max(p.grad.abs().max().item() for p in one_graph.parameters())
+    for (name, p), q in zip(chunked.named_parameters(), one_graph.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-5 * scale), name
+
+
 class RecordRounds:
     """Stands in for bs.sample_beliefs: notes which round is asked for, then samples for real."""
 
