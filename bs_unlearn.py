@@ -488,13 +488,14 @@ def micro_step(model, tok, targets, beliefs, retain, args, ref_model=None):
     base = args.bss_base if args.method == "bs_s" else args.method  # BS-S: its base loss on targets and beliefs
     if args.method == "bs_s":  # Eq. 7: L_forget = (1 - lam) * L(targets) + lam * mean_j L(belief_j)
         # The belief term, mean_j L(belief_j) over the batch's beliefs (`mine`, sorted by length: less padding),
-        # is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), with
-        # w_c = len(chunk_c) / len(mine) in one process. Gradients add, so each chunk's part of the objective
-        # (loss_part) is backpropagated at once and its graph freed: memory stays flat in N. The backward of
-        # `loss` below adds the rest of Eq. 7 and the retain term.
+        # is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), w_c = |c| / |mine|
+        # (summing to 1). Gradients add, so each chunk's part of the objective (loss_part) is backpropagated at
+        # once and its graph freed: memory stays flat in N. The backward of `loss` below adds the rest of Eq. 7
+        # and the retain term (notebook 02, section 6, checks that the sum is Eq. 7's gradient).
         mine = sorted(beliefs, key=lambda b: len(b["input_ids"]))
+        chunks = [mine[i:i + args.bss_chunk] for i in range(0, len(mine), args.bss_chunk)]
         L_beliefs = 0.0
-        for chunk, w in scaling.weighted_chunks(mine, args.bss_chunk, model):  # 1 process: len(chunk)/len(mine)
+        for chunk, w in scaling.over_ranks([(c, len(c) / len(mine)) for c in chunks], model):  # (K ranks)
             L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
             loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
             (loss_part / args.grad_accum).backward()

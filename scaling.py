@@ -11,7 +11,7 @@ DistributedSampler does), and each rank samples BS-S's beliefs for its own share
 they differ from a 1-process run's.
 
 Under FSDP2 every forward and backward is a collective, so all ranks must run the same number of them. Three
-helpers keep them in lockstep: `lockstep` (scoring batches), `weighted_chunks` (BS-S's belief chunks), and the
+helpers keep them in lockstep: `lockstep` (scoring batches), `over_ranks` (BS-S's belief chunks), and the
 synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
 import copy
@@ -156,18 +156,17 @@ def lockstep(batches, model):
     return batches + batches[:1] * extra
 
 
-def weighted_chunks(items, size, model):
-    """Chunks of at most `size` items, each with its weight in the mean over the items. In one process that is
-    len(chunk) / len(items), and the weights sum to 1. On K ranks the mean runs over every rank's items, n in
-    all, so a chunk weighs K * len(chunk) / n: sync_grads divides the ranks' summed gradients by K. Under
-    FSDP, extra chunks of weight 0 give every rank as many forwards as the busiest."""
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    sizes = counts(len(items))  # every rank's number of items; [len(items)] in one process
-    K, n = len(sizes), sum(sizes)
-    out = [(c, K * len(c) / n) for c in chunks]
+def over_ranks(weighted, model):
+    """BS-S's belief chunks, each with w_c = |c| / n_r, its weight in the mean over this rank's n_r beliefs,
+    reweighted for the mean over every rank's beliefs. In one process they come back as they are. On K ranks
+    with n beliefs in all, a chunk weighs w_c * K * n_r / n = K * |c| / n: sync_grads divides the ranks' summed
+    gradients by K. Under FSDP, extra chunks of weight 0 give every rank as many forwards as the busiest."""
+    n_r = sum(len(chunk) for chunk, _ in weighted)
+    sizes = counts(n_r)  # every rank's number of beliefs; [n_r] in one process
+    scale = len(sizes) * n_r / sum(sizes)  # K * n_r / n: 1.0 in one process
+    out = [(chunk, w * scale) for chunk, w in weighted]
     if is_sharded(model):
-        busiest = max(-(-s // size) for s in sizes)
-        out += [(chunks[0], 0.0)] * (busiest - len(chunks))
+        out += [(weighted[0][0], 0.0)] * (max(counts(len(weighted))) - len(weighted))
     return out
 
 

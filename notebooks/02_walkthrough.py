@@ -353,25 +353,28 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 # the final `.backward()` adds the gradients of the targets' term and of the retain term, since the
 # beliefs' gradient is already in `.grad`.
 #
-# The chunks come from `scaling.weighted_chunks`. `scaling.py` is where the distributed code lives, and
-# `train` and `micro_step` reach it through a few marked calls: this rank's share of each batch, the chunks'
-# weights, the gradients' average over the ranks before clipping, and the logged numbers' average. Under
-# torchrun, $n$ counts every rank's beliefs and each rank's weights sum to $K$, the number of ranks, because
-# the ranks' gradients are averaged; under FSDP, extra chunks of weight 0 keep the ranks in step. A plain
-# `python bs_unlearn.py` run passes through none of that: in one process each batch stays whole, the weights
-# sum to 1, and nothing is averaged.
+# `micro_step` cuts the chunks and weighs them in the file, $w_c = |c| / n$, then hands them to
+# `scaling.over_ranks`. `scaling.py` is where the distributed code lives, and `train` and `micro_step` reach
+# it through a few marked calls: this rank's share of each batch, the chunks' weights over the ranks, the
+# gradients' average over the ranks before clipping, and the logged numbers' average. Under torchrun, $n$
+# counts every rank's beliefs and each rank's weights sum to $K$, the number of ranks, because the ranks'
+# gradients are averaged; under FSDP, extra chunks of weight 0 keep the ranks in step. A plain `python
+# bs_unlearn.py` run passes through none of that: in one process each batch stays whole, `over_ranks` returns
+# the chunks as they are, and nothing is averaged.
 #
-# The check below asks `weighted_chunks` for the chunks of 4 forget examples' beliefs (sampled in section
-# 5.4). Three flags move from their defaults, so that no factor of a chunk's weight is 1: `--bss_chunk 5`
-# (chunks of unequal size), `--grad_accum 2` and `--gamma 0.5`.
+# The check below cuts and weighs the chunks of 4 forget examples' beliefs (sampled in section 5.4) as
+# `micro_step` does. Three flags move from their defaults, so that no factor of a chunk's weight is 1:
+# `--bss_chunk 5` (chunks of unequal size), `--grad_accum 2` and `--gamma 0.5`.
 
 # %%
 import scaling
 
 step_args = bs.get_args(["--method", "bs_s", "--bss_chunk", "5", "--grad_accum", "2", "--gamma", "0.5"])
 idx = [0, 1, 2, 3]  # the forget examples of one batch
-mine = sorted([b for i in idx for b in beliefs[i]], key=lambda b: len(b["input_ids"]))  # as train sorts them
-chunks = scaling.weighted_chunks(mine, step_args.bss_chunk, base)
+mine = sorted([b for i in idx for b in beliefs[i]], key=lambda b: len(b["input_ids"]))  # as micro_step sorts them
+size = step_args.bss_chunk
+cut = [mine[i:i + size] for i in range(0, len(mine), size)]  # as micro_step cuts them
+chunks = scaling.over_ranks([(c, len(c) / len(mine)) for c in cut], base)  # and weighs them
 total_weight = sum(w for _, w in chunks)
 print(f"{len(mine)} beliefs in chunks of at most {step_args.bss_chunk}: "
       f"sizes {[len(c) for c, _ in chunks]}, weights {[round(w, 4) for _, w in chunks]}, sum {total_weight}")

@@ -165,6 +165,22 @@ def test_share_and_gather_pad_unequal_splits(monkeypatch):
     assert scaling.gather(lambda xs: [x.upper() for x in xs], items) == list("ABCDE")
 
 
+def test_over_ranks_weighs_chunks_in_the_mean_over_every_rank(monkeypatch):
+    # this rank: 7 beliefs in chunks of 5 and 2, weighed 5/7 and 2/7 in its own mean; the other rank has 12 in
+    # 3 chunks. In one process the chunks come back as they are; on 2 ranks a chunk weighs 2 |c| / 19, so each
+    # rank's weights sum to 2 * n_r / 19 and all of them to K = 2; under FSDP a third chunk of weight 0 follows
+    chunks = [list("abcde"), list("fg")]
+    weighted = [(c, len(c) / 7) for c in chunks]
+    monkeypatch.setattr(scaling, "is_sharded", lambda model: False)
+    assert scaling.over_ranks(weighted, None) == weighted
+    monkeypatch.setattr(scaling, "counts", lambda n: {7: [12, 7], 2: [3, 2]}[n])  # every rank's n: beliefs, chunks
+    out = scaling.over_ranks(weighted, None)
+    assert [c for c, _ in out] == chunks and [w for _, w in out] == pytest.approx([10 / 19, 4 / 19])
+    monkeypatch.setattr(scaling, "is_sharded", lambda model: True)
+    out = scaling.over_ranks(weighted, None)
+    assert [w for _, w in out] == pytest.approx([10 / 19, 4 / 19, 0.0]) and out[2][0] == chunks[0]
+
+
 def test_sync_grads_leaves_untouched_parameters_out(monkeypatch):
     # RMU's loss never reaches the layers above its own: in one process their .grad stays None and AdamW
     # skips them; on K ranks they must not come back as zeros, which AdamW's weight decay would still move.
