@@ -304,8 +304,8 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
 
 
 def bss_loss(target_loss, belief_loss, lam=0.5):
-    """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default). (train
-    backpropagates the belief term chunk by chunk first, so there it passes belief_loss detached.)"""
+    """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default).
+    (micro_step backpropagates the belief term chunk by chunk first, so there it passes belief_loss detached.)"""
     return (1 - lam) * target_loss + lam * belief_loss
 
 
@@ -321,7 +321,7 @@ def kl_retain_loss(logits, ref_logits, labels):
 
 def forget_loss(model, batch, method, args):
     """The forget term of `method` on one batch (its forward included): Eq. 1 (GA), 3 (NPO) or 6 (BS-T); BS-S
-    (Eq. 7) applies its base method to targets and beliefs alike (see train)."""
+    (Eq. 7) applies its base method to targets and beliefs alike (see micro_step)."""
     if method in baselines.METHODS:  # the other rows of Table 1, for comparison: not needed to follow the method
         return baselines.forget_loss(model, batch, method, args, forward, token_logps)
     logits, labels = forward(model, batch), batch["labels"]
