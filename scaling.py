@@ -163,7 +163,7 @@ def over_ranks(weighted, model):
     gradients by K. Under FSDP, extra chunks of weight 0 give every rank as many forwards as the busiest."""
     n_r = sum(len(chunk) for chunk, _ in weighted)
     sizes = counts(n_r)  # every rank's number of beliefs; [n_r] in one process
-    scale = len(sizes) * n_r / sum(sizes)  # K * n_r / n: 1.0 in one process
+    scale = len(sizes) * n_r / max(sum(sizes), 1)  # K * n_r / n: 1.0 in one process
     out = [(chunk, w * scale) for chunk, w in weighted]
     if is_sharded(model):
         out += [(weighted[0][0], 0.0)] * (max(counts(len(weighted))) - len(weighted))

@@ -244,7 +244,8 @@ def bench_threads(args, tmp, cache):
 
 def bench_cpu(args):
     """Start-up, the thread rows, each method's bs_unlearn.main run (wall time; median and mean ms/step
-    from its log, BS-S's belief sampling included), eval.py on the toy model, peak RSS. Every run
+    from its log: BS-S's --bss_regen rounds are in its steps, its first sampling, before step 1, only in the
+    wall time), eval.py on the toy model, peak RSS. Every run
     unlearns the same toy model afresh, in a temporary folder."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -474,9 +475,10 @@ def bench_gpu(args, device):
 HEAD = ["section", "what", "wall s", "ms/step", "mean ms", "x GA", "tok/s", "MFU", "peak MiB"]
 FORMATS = [None, None, ".1f", ".1f", ".1f", ".2f", ",.0f", ".1%", ",.0f"]
 NOTES = """\
-ms/step: median over a run's steps; mean ms: their mean, BS-S's belief sampling included (gpu: ms/step plus
-  one round of generation every --bss_regen epochs); x GA: mean ms over GA's; MFU: model FLOPs per second
-  over the matmul rate above; peak MiB: gpu, allocated during the row; cpu, the process's peak resident set
+ms/step: median over a run's steps; mean ms: their mean (cpu: BS-S's --bss_regen rounds included, its first
+  sampling, before step 1, in wall s only; gpu: ms/step plus one round of generation every --bss_regen
+  epochs); x GA: mean ms over GA's; MFU: model FLOPs per second over the matmul rate above; peak MiB: gpu,
+  allocated during the row; cpu, the process's peak resident set
 threads: each run is a child process held at that many torch threads, timed from its own start (python's
   start-up excluded); 'beside a second': two identical runs at once, their mean; others: the cores that
   other processes used meanwhile"""

@@ -172,7 +172,7 @@ def test_over_ranks_weighs_chunks_in_the_mean_over_every_rank(monkeypatch):
     chunks = [list("abcde"), list("fg")]
     weighted = [(c, len(c) / 7) for c in chunks]
     monkeypatch.setattr(scaling, "is_sharded", lambda model: False)
-    assert scaling.over_ranks(weighted, None) == weighted
+    assert scaling.over_ranks(weighted, None) == weighted and scaling.over_ranks([], None) == []
     monkeypatch.setattr(scaling, "counts", lambda n: {7: [12, 7], 2: [3, 2]}[n])  # every rank's n: beliefs, chunks
     out = scaling.over_ranks(weighted, None)
     assert [c for c, _ in out] == chunks and [w for _, w in out] == pytest.approx([10 / 19, 4 / 19])
