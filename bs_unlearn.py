@@ -518,6 +518,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     forget_ex, replaces the sampling before the first step (--bss_regen's later rounds are sampled in the loop).
     One line per step (or a progress bar with progress=True), and the same numbers as JSON in log_path.
     Under torchrun every rank draws the same global batches of K * batch_size and trains on its share."""
+    if not forget_ex:
+        fail("train: no forget examples to train on")
     torch.manual_seed(args.seed)
     # the schedule, in optimizer steps: linear warmup (short runs peak too), then linear decay
     global_batch = args.batch_size * scaling.world()  # torchrun: K ranks share every batch (one process: K = 1)

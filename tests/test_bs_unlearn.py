@@ -783,6 +783,14 @@ def test_finetune_raises_forget_logprob(toy_cache):
     assert f1 > f0 + 50, (f0, f1)
 
 
+@pytest.mark.parametrize("method", ["ga", "bs_s"])
+def test_train_refuses_no_forget_examples(toy, method):
+    # (BS-S would otherwise fail inside its sampling, with a traceback)
+    model, tok, _, retain_ex = toy
+    one_line_error(lambda: bs.train(copy.deepcopy(model), tok, [], retain_ex, train_args(method)),
+                   "no forget examples")
+
+
 def test_bss_refuses_empty_beliefs(toy):
     # a forget example handed in without beliefs would silently drop Eq. 7's belief term for its batch
     model, tok, forget_ex, retain_ex = toy
