@@ -299,8 +299,8 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
     picked = logp.gather(-1, torch.cat([ids, y.unsqueeze(-1)], -1))  # (B, T-1, k+1): one gather, both terms
     on_beliefs = (q * picked[..., :-1]).sum(-1)  # <q_i, log pi_theta>  (B, T-1)
     on_label = picked[..., -1]  # log pi_theta(y_i)  (B, T-1)
-    per_token = (lam * on_beliefs + (1 - lam) * on_label) * (labels[:, 1:] != -100)
-    return per_token.sum(-1).mean()
+    per_token = lam * on_beliefs + (1 - lam) * on_label
+    return torch.where(labels[:, 1:] != -100, per_token, 0.0).sum(-1).mean()  # (not * mask: -inf * 0 is NaN)
 
 
 def bss_loss(target_loss, belief_loss, lam=0.5):

@@ -305,6 +305,21 @@ def test_bst_value_by_hand_k2():
     assert abs(bs.bst_loss(logits, labels, k=k, lam=lam).item() - total) < 1e-5
 
 
+def test_bst_ignores_minus_inf_logits_off_the_answer():
+    # a model that never emits token 0 (logit -inf): the prompt and padding positions, where the label is -100
+    # (looked up as id 0, then masked), must contribute 0 to the value and the gradient, not NaN
+    logits, labels = hand_batch()
+    logits[..., 0] = float("-inf")
+    labels = labels.masked_fill(labels == 0, 1)  # no answer token is the banned one
+    x = logits.clone().requires_grad_(True)
+    loss = bs.bst_loss(x, labels, k=3, lam=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    finite = logits.clone()
+    finite[..., 0] = -1e4  # the same model with a very low, finite logit: the same loss
+    assert torch.allclose(loss, bs.bst_loss(finite, labels, k=3, lam=0.5), atol=1e-5)
+
+
 def test_bst_temperature():
     logits = torch.tensor([[[2.0, 1.0, -1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
     labels = torch.tensor([[-100, 3]])
