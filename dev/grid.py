@@ -5,14 +5,14 @@ functions; and a tuned answer that does not fool itself: each method's setting i
 (highest mean Agg) and reported on other seeds, next to every method at one shared setting.
 
     python dev/grid.py                        # toy: 7 methods x forget01/05/10 x seeds 0-2, shared setting
-    python dev/grid.py --splits forget10 --lrs 1e-4,3e-4,1e-3 --bss_lambdas 0.25,0.5,0.75 \\
+    python dev/grid.py --splits forget10 --lrs 1e-4,3e-4,1e-3,3e-3 --bss_lambdas 0.25,0.5,0.75 \\
         --tune_seeds 0,1,2 --seeds 3,4,5      # the README's tuned toy table
     python dev/grid.py --world smollm2 --data_dir ../shared/data/tofu ...   # SmolLM2-135M on TOFU forget01
     python dev/grid.py --world tofu --model open-unlearning/tofu_Llama-3.2-1B-Instruct_full \\
         --retain_model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain{keep} ...   # the paper's, on a GPU
 
-Worlds: `toy` (each seed builds its own toy model and retain-only model, so seeds differ in the world too;
---world_seed S keeps one),
+Worlds: `toy` (each seed builds its own toy model and retain-only model, from its own initialisation and
+training order, on the same 640 facts; --world_seed S keeps one),
 `tofu` (a model and its retain-only model, from the hub or local folders; {keep} becomes 99/95/90), and
 `smollm2` (dev/real_model.py's setting: SmolLM2-135M-Instruct fine-tuned on forget01 and 3 retain authors,
 the fine-tuned models shared with that script through --models_dir). In every world a seed also sets the
@@ -22,13 +22,15 @@ Each run is a folder <out_root>/<split>/seed<S>/<method>-<setting>/ with result.
 eval.json (every metric) and log.jsonl (the steps), written whole when it finishes; a rerun skips finished
 runs, so an interrupted grid resumes. The references (the starting model, the retain-only model, the beliefs
 eval.py bands) are computed once per world. A run that diverges (bs_unlearn's check) is recorded as stopped,
-and a setting stopped on any tuning seed cannot be chosen. The tables go to stdout and <out_root>/table.md,
-every number to <out_root>/table.json.
+and a setting stopped on any tuning seed cannot be chosen (the check does not watch RMU's retain term, a
+distance, so RMU's runs stop only on NaN or inf). The tables go to stdout and <out_root>/table.md, every
+number to <out_root>/table.json.
 """
 import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 
@@ -74,7 +76,8 @@ def get_args(argv=None):
     p.add_argument("--bss_lambdas", type=floats, default="", help="BS-S's lambda values to try")
     p.add_argument("--flags", default="", help="bs_unlearn.py flags for every run: the shared setting")
     p.add_argument("--out_root", default=os.path.join("runs", "grid"), help="one folder per run, and the tables")
-    p.add_argument("--tables_only", action="store_true", help="no runs: the tables from the runs already there")
+    p.add_argument("--tables_only", action="store_true",
+                   help="no runs: the tables from the runs already there (give the flags the grid ran with)")
     p.add_argument("--save_models", action="store_true", help="keep every run's weights too (big on GPUs)")
     # the worlds
     p.add_argument("--model", default=None, help="tofu: the starting model (hub id or folder)")
@@ -84,7 +87,8 @@ def get_args(argv=None):
     p.add_argument("--date_string", default=None, help="tofu: the chat template's date")
     p.add_argument("--eval_rows", type=bs.number(int, 0), default=0,
                    help="tofu: only the first N rows of every evaluation split (0: all)")
-    p.add_argument("--eval_flags", default="", help="eval.py flags (default: eval.py's; smollm2: real_model's)")
+    p.add_argument("--eval_flags", default="",
+                   help="eval.py flags (default: eval.py's; smollm2: real_model's); one alone: --eval_flags=--fluency")
     p.add_argument("--models_dir", default=os.path.join("runs", "real_model"),
                    help="smollm2: where dev/real_model.py keeps (or this script makes) the fine-tuned models")
     p.add_argument("--cache_dir", default=bs.get_args([]).cache_dir, help="toy: the toy models' cache")
@@ -103,6 +107,8 @@ def get_args(argv=None):
         bs.fail(f"--splits {','.join(args.splits)}: forget01, forget05, forget10 (smollm2: forget01 only)")
     if args.world == "tofu" and not args.model:
         bs.fail("--world tofu needs --model (and --retain_model for forget quality and the Retrain row)")
+    if not args.seeds:
+        bs.fail("--seeds names no seed to report")
     if set(args.tune_seeds) & set(args.seeds):
         bs.fail("--tune_seeds and --seeds overlap: the reported seeds must not be the ones that chose")
     for name, seeds in (("--seeds", args.seeds), ("--tune_seeds", args.tune_seeds)):
@@ -115,6 +121,10 @@ def get_args(argv=None):
         if getattr(probe, k) != getattr(plain, k):
             bs.fail(f"--flags sets --{k}, which the grid sets itself (per run, or by its own flag); take it out")
     args.shared = {m: setting(m, probe.lr, probe.bss_lambda) for m in args.methods}
+    for m in args.methods:  # each setting its own folder: values that print alike would share one
+        labels = [label(s) for s in grid(args, m)]
+        if len(set(labels)) < len(labels):
+            bs.fail(f"--lrs / --bss_lambdas: two values are the same to 6 digits ({', '.join(labels)})")
     return args
 
 
@@ -122,15 +132,15 @@ def get_args(argv=None):
 NOT_IN_FLAGS = ("model", "data", "data_dir", "forget_split", "system_prompt", "date_string",
                 "out_dir", "overwrite", "device", "dtype", "cache_dir", "lora_r", "fsdp")
 # what a world's runs and references depend on besides bs_unlearn's flags: kept with every result, checked on
-# a rerun, so a folder never mixes worlds
-WORLD = ("world", "model", "retain_model", "world_seed", "data_dir", "models_dir", "system_prompt",
-         "date_string", "eval_rows", "eval_flags", "dtype")
+# a rerun, so a folder never mixes worlds (only the flags the world uses: the toy's runs ignore --models_dir)
+WORLD = dict(toy=("world_seed",), smollm2=("data_dir", "models_dir"),
+             tofu=("model", "retain_model", "data_dir", "system_prompt", "date_string", "eval_rows"))
 
 
 def fingerprint(args):
-    out = {k: getattr(args, k) for k in WORLD}
+    out = {k: getattr(args, k) for k in ("world", "eval_flags", "dtype") + WORLD[args.world]}
     for k in ("model", "retain_model", "data_dir", "models_dir"):  # the same place, however it is written
-        if out[k] and os.path.exists(out[k]):
+        if out.get(k) and os.path.exists(out[k]):
             out[k] = os.path.abspath(out[k])
     return out
 
@@ -139,13 +149,26 @@ def read_checked(args, path):
     """A result or references file, if it was made in this world (else one line: another world's file)."""
     with open(path) as f:
         saved = json.load(f)
-    mine = fingerprint(args)
-    if saved.get("world") != mine:
-        theirs = saved.get("world") or {}
-        changed = ", ".join(f"--{k} {theirs.get(k)!r} then, {mine[k]!r} now" for k in WORLD
-                            if theirs.get(k) != mine[k])
-        bs.fail(f"{path} was made with other settings ({changed or 'none recorded'}); use another --out_root")
+    mine, theirs = fingerprint(args), saved.get("world") or {}
+    changed = ", ".join(f"--{k} {theirs.get(k)!r} then, {v!r} now" for k, v in mine.items() if theirs.get(k) != v)
+    if changed:
+        bs.fail(f"{path} was made with other settings ({changed}); use another --out_root")
+    CODE.add(saved.get("code", "not recorded"))
     return saved
+
+
+def code_version():
+    """The project's git commit, '+changes' if files differ from it (None outside a git checkout)."""
+    def git(*cmd):
+        return subprocess.run(["git", "-C", ROOT, *cmd], capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        return head and head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+CODE = set()  # the code versions of every result read or written: the tables say when there is more than one
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -159,7 +182,7 @@ def setting(method, lr, bss_lambda):
 def grid(args, method):
     """Every setting to try for a method: --lrs x (BS-S) --bss_lambdas, the shared values where not given."""
     base = args.shared[method]
-    lams = args.bss_lambdas or [base.get("bss_lambda")]
+    lams = (args.bss_lambdas or [base["bss_lambda"]]) if method == "bs_s" else [None]  # (lambda: BS-S's only)
     return [setting(method, lr, lam) for lr in args.lrs or [base["lr"]] for lam in lams]
 
 
@@ -250,7 +273,8 @@ def references(args, w, seed):
     with bs.quiet():
         res = ev.evaluate(model, tok, w["evalset"], beliefs, eargs, "base", fluency(args, eargs), retain_R)
     refs["base"] = dict(summary=res["summary"])
-    refs.update(retain_R=retain_R, world=fingerprint(args))
+    refs.update(retain_R=retain_R, world=fingerprint(args), code=code_version())
+    CODE.add(refs["code"])
     with bs.atomic_dir(os.path.dirname(path)) as tmp:  # (a folder there with anything in it is left alone)
         with open(os.path.join(tmp, "refs.json"), "w") as f:
             json.dump(refs, f)
@@ -284,7 +308,8 @@ def run(args, method, s, split, seed):
     targs = bs.get_args(argv)
     model, tok = load(args, w, w["start"])
     forget_ex, retain_ex = bs.encode_rows(tok, w["forget_rows"]), bs.encode_rows(tok, w["retain_rows"])
-    result = dict(method=method, setting=s, split=split, seed=seed, argv=argv, world=fingerprint(args))
+    result = dict(method=method, setting=s, split=split, seed=seed, argv=argv, world=fingerprint(args),
+                  code=code_version(), start=w["start"])
     with bs.atomic_dir(folder) as tmp:
         t0 = time.time()
         try:
@@ -306,6 +331,7 @@ def run(args, method, s, split, seed):
                 bs.save_model(model, tok, tmp)
         with open(os.path.join(tmp, "result.json"), "w") as f:
             json.dump(result, f, indent=1)
+    CODE.add(result["code"])
     what = (f"stopped ({result['stopped']})" if "stopped" in result else
             f"Agg {result['summary']['agg']:.3f} Mem {result['summary']['mem']:.3f} "
             f"Util {result['summary']['util']:.3f} (train {result['train_s']:.0f} s, eval {result['eval_s']:.0f} s)")
@@ -378,7 +404,9 @@ def markdown(block, splits, paper=None, cols=CELLS):
             r = per_split.get(sp, {})
             for k, _ in cols:
                 c = cell(r.get(k), FORMATS.get(k, ".3f"))
-                if k == "agg" and (r.get("stopped") or r.get("missing")):
+                if k == "agg" and r.get("setting", True) is None:
+                    c = "none chosen yet"  # (--tables_only: no setting has run on every tuning seed)
+                elif k == "agg" and (r.get("stopped") or r.get("missing")):
                     c += f" ({r['stopped']} stopped)" if r.get("stopped") else f" ({r['missing']} missing)"
                 if k == "agg" and paper and paper.get(sp, {}).get(name):
                     c += f" [paper {paper[sp][name][0]:.2f}]"
@@ -408,9 +436,8 @@ def main(argv=None):
             if args.tune_seeds:
                 scores, chosen = tune(args, split, m)
                 tuning.setdefault(m, {})[split] = dict(scores=scores, chosen=chosen and label(chosen))
-                if chosen is not None:
-                    tuned.setdefault(m, {})[split] = dict(rows_of([run(args, m, chosen, split, s) for s in args.seeds]),
-                                                          setting=chosen)
+                rows = rows_of([run(args, m, chosen, split, s) for s in args.seeds]) if chosen else rows_of([])
+                tuned.setdefault(m, {})[split] = dict(rows, setting=chosen)  # (None: no setting finished yet)
             elif args.lrs or args.bss_lambdas:  # every setting, reported on --seeds
                 for s in grid(args, m):
                     tuned.setdefault(f"{m} {label(s)}", {})[split] = dict(
@@ -431,6 +458,8 @@ def main(argv=None):
         parts.append(f"Each method at the setting chosen on seeds {', '.join(map(str, args.tune_seeds))} "
                      f"(highest mean Agg), reported on seeds {seeds} (mean ± sample sd):")
         parts.append(markdown({**refs_rows, **tuned}, args.splits, paper))
+        parts.append("The squeezing diagnostics of the same runs (eval.py's fROUGE, Leak, dTgt, dHigh):")
+        parts.append(markdown({**refs_rows, **tuned}, args.splits, cols=SQUEEZE))
         lines = ["Mean Agg of every setting on the tuning seeds (chosen: *):", ""]
         for m, per_split in tuning.items():
             for sp, t in per_split.items():
@@ -452,7 +481,11 @@ def main(argv=None):
     parts.append(markdown({**refs_rows, **shared}, args.splits, cols=SQUEEZE))
     if not ev.get_args(shlex.split(args.eval_flags)).fluency:
         parts.append("Util is MU here: the fluency classifier is off (--eval_flags --fluency adds it; the "
-                     "paper's Util includes it).")
+                     "paper's Util includes it" + (", so its Agg in brackets is not on the same scale)." if paper
+                                                   else ")."))
+    CODE.discard(None)  # (outside a git checkout)
+    if len(CODE) > 1:
+        parts.append(f"These runs come from {len(CODE)} versions of the code: {', '.join(sorted(CODE))}.")
     text = "\n\n".join(parts)
     print("\n" + text)
     os.makedirs(args.out_root, exist_ok=True)

@@ -159,3 +159,42 @@ def test_tables_only_says_what_has_not_run(tiny, tmp_path, monkeypatch):
     text = open(tmp_path / "copy" / "table.md").read()
     assert "lr0.003 not run" in text and "lr10 stopped" in text and "left out of the choice" in text
     assert f"{partial} 1 of 2 seeds run" in text
+
+
+def test_a_toy_grid_ignores_the_flags_of_other_worlds(tiny, tmp_path, monkeypatch):
+    # --models_dir belongs to the smollm2 world: a toy grid's tables read the same whether or not the folder it
+    # names exists (dev/real_model.py makes runs/real_model, which once made every saved toy result "other")
+    argv, out, table = tiny
+    monkeypatch.setattr(bs, "train", lambda *a, **k: pytest.fail("--tables_only trained a run"))
+    again = grid.main(argv + ["--tables_only", "--models_dir", str(tmp_path)])
+    assert again["tuned"] == json.loads(json.dumps(table["tuned"]))
+
+
+def test_partly_run_grid_names_what_is_missing(tiny, tmp_path, monkeypatch):
+    # every tuning run of BS-S on seed 3 gone: its tuned row says no setting is chosen yet (not a silent gap);
+    # and a result from other code is named in the tables
+    argv, out, table = tiny
+    import shutil
+    copy_ = tmp_path / "copy"
+    shutil.copytree(out, copy_)
+    for d in (copy_ / "forget10" / "seed3").glob("bs_s-*"):
+        shutil.rmtree(d)
+    res = copy_ / "forget10" / "seed1" / "ga-lr0.0003" / "result.json"
+    saved = json.loads(res.read_text())
+    assert saved["code"] == grid.code_version()
+    res.write_text(json.dumps(dict(saved, code="0000000")))
+    monkeypatch.setattr(bs, "train", lambda *a, **k: pytest.fail("--tables_only trained a run"))
+    argv = list(argv)
+    argv[argv.index("--out_root") + 1] = str(copy_)
+    again = grid.main(argv + ["--tables_only"])
+    assert again["tuning"]["bs_s"]["forget10"]["chosen"] is None
+    text = (copy_ / "table.md").read_text()
+    bs_s_row = next(line for line in text.splitlines() if line.startswith("| BS-S |"))
+    assert "none chosen yet" in bs_s_row
+    assert "2 versions of the code" in text and "0000000" in text
+
+
+def test_settings_and_seeds_that_cannot_be_told_apart_are_refused():
+    one_line_error(lambda: grid.get_args(["--lrs", "1e-4,1.0000001e-4"]), "--lrs", "6 digits")
+    one_line_error(lambda: grid.get_args(["--lrs", "1e-4,1e-4"]), "--lrs")
+    one_line_error(lambda: grid.get_args(["--seeds", ""]), "--seeds")
