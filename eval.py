@@ -11,10 +11,12 @@ Run (the embedded example, fully offline; six models in ~40 s on 2 busy CPU core
 TOFU (on a GPU; the data, from local TOFU files or the hub, and the base model default to the runs'; FQ
 needs a retain-only model):
     python eval.py runs/tofu_bs_s --retain_model open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90
-Output: one printed table (rows = models, the two references first), and in --out_dir (default runs/eval/)
-<model>.json per model (every metric, per-row values and the greedy answers) plus summary.json (the table),
-written whole at the end (temporary files, renamed once all are written). Bad input stops with one line,
-before any model is loaded: an unwritable --out_dir, an unfinished run, cut weights, another tokenizer.
+Output: one printed table (rows = models, the two references first), and the folder --out_dir (default
+runs/eval/): <model>.json per model (every metric, per-row values and the greedy answers) plus summary.json
+(the table), written whole at the end (a hidden folder, renamed into place once every file is in it). An
+earlier evaluation there is replaced only with --overwrite, and a folder holding anything else never. Bad
+input stops with one line, before any model is loaded: an unusable --out_dir, an unfinished run, cut
+weights, another tokenizer.
 In a notebook: `data = load_eval_data(); beliefs = draw_beliefs(base, tok, data["forget"]);
 evaluate(model, tok, data, beliefs)` works on any in-memory model.
 
@@ -62,7 +64,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -71,6 +72,7 @@ from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
 import bs_unlearn as bs
+import plumbing
 import toy_world
 
 # -----------------------------------------------------------------------------------------------------
@@ -112,7 +114,9 @@ def get_args(argv=None):
     p.add_argument("--fluency", action="store_true", help="add the paper's fluency classifier (hub, once)")
     p.add_argument("--fluency_model", default=FLUENCY_MODEL, help="HF id or path of the gibberish classifier")
     # system
-    p.add_argument("--out_dir", default=os.path.join("runs", "eval"), help="where the JSON files go")
+    p.add_argument("--out_dir", default=os.path.join("runs", "eval"), help="the folder the JSON files go to")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation in --out_dir (a folder holding anything else: never)")
     p.add_argument("--batch_size", type=count, default=64, help="sequences per forward / generate batch")
     p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -551,26 +555,22 @@ def format_table(summaries):
     return "\n".join(lines)
 
 
-def write_outputs(out_dir, files):
-    """Write {file name: JSON-able} into out_dir whole or not at all: every file goes to a temporary file
-    beside its target, and only once all are written do they replace the targets, in order (summary.json
-    last). A full disk or Ctrl-C leaves what was there before, and no temporary file."""
-    tmps = []
+def write_outputs(out_dir, files, overwrite=False):
+    """Write {file name: JSON-able} as the folder out_dir, whole or not at all (bs.atomic_dir: a hidden folder
+    beside it takes its place once every file is written). summary.json comes last and lists the files, so a
+    later --overwrite knows the folder for an evaluation and nothing else. A full disk or Ctrl-C leaves what
+    was there before, and no temporary folder."""
+    def earlier_evaluation(path):
+        return overwrite and plumbing.eval_problem(path) is None
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        for name, obj in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=out_dir)
-            tmps.append(tmp)
-            with os.fdopen(fd, "w") as f:
-                json.dump(obj, f, indent=1)
-        for tmp, name in zip(tmps, files):
-            os.replace(tmp, os.path.join(out_dir, name))
+        with plumbing.atomic_dir(out_dir, earlier_evaluation) as tmp:
+            for name, obj in files.items():
+                if name == plumbing.EVAL_SUMMARY:
+                    obj = dict(obj, files=sorted(files))
+                with open(os.path.join(tmp, name), "w") as f:
+                    json.dump(obj, f, indent=1)
     except OSError as e:
         bs.fail(f"cannot write the results to {out_dir}: {e.strerror or e}")
-    finally:
-        for tmp in tmps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -581,10 +581,11 @@ def main(argv=None):
     t0 = time.time()
     args = get_args(argv)
     device = bs.pick_device(args.device)  # one line for a device that is not one, or not here
-    bs.check_writable(args.out_dir)  # everything that can fail cheaply fails here, before any model is loaded
+    # everything that can fail cheaply fails here, before any model is loaded
+    plumbing.check_out_dir(args.out_dir, args.overwrite, args.runs, plumbing.eval_problem, "evaluation")
     base_path, retain_path = resolve(args)
     names = [os.path.basename(os.path.normpath(r)) for r in args.runs]  # a run is named by its directory
-    names = [n if names.count(n) == 1 and n not in ("base", "retain") else f"{n}_{i}"
+    names = [n if names.count(n) == 1 and n not in ("base", "retain", "summary") else f"{n}_{i}"
              for i, n in enumerate(names)]
     models = [("base", base_path)] + ([("retain", retain_path)] if retain_path else [])
     models += list(zip(names, args.runs))
@@ -613,7 +614,7 @@ def main(argv=None):
     summaries = {name: res["summary"] for name, res in results.items()}
     summary = dict(summaries=summaries, beliefs=beliefs, config=results["base"]["config"])
     write_outputs(args.out_dir, {**{f"{name}.json": res for name, res in results.items()},
-                                 "summary.json": summary})
+                                 plumbing.EVAL_SUMMARY: summary}, args.overwrite)
     print(format_table(summaries))
     print(LEGEND)
     print(f"MU from {summaries['base']['mu_n']} numbers; {len(beliefs['samples'])} beliefs; "

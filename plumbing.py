@@ -232,46 +232,59 @@ def save_model(model, tok, path):
 # Run folders: written whole or not at all, one writer at a time, replaced only when they hold a finished run
 
 RUN_CONFIG = "run_config.json"  # written last into every run folder; it lists the run's files
+EVAL_SUMMARY = "summary.json"  # eval.py's: written last into its folder, listing that folder's files too
 
 
-def run_problem(path):
+def run_problem(path, index=RUN_CONFIG, writer="bs_unlearn.py", key="method"):
     """Why the folder at `path` is not a finished run of bs_unlearn.py (None when it is one): it must hold
-    run_config.json, and nothing that run did not write (so --overwrite never takes anything else with it)."""
+    run_config.json, and nothing that run did not write (so --overwrite never takes anything else with it).
+    eval_problem asks the same of eval.py's folders."""
     try:
-        with open(os.path.join(path, RUN_CONFIG)) as f:
+        with open(os.path.join(path, index)) as f:
             config = json.load(f)
     except (OSError, ValueError):
-        return f"has no readable {RUN_CONFIG}"
-    if not isinstance(config, dict) or "method" not in config:
-        return f"has a {RUN_CONFIG} that bs_unlearn.py did not write"
-    if not isinstance(config.get("files"), list):  # (runs made before run_config.json listed them)
-        return f"holds a run of an older bs_unlearn.py, whose {RUN_CONFIG} lists no files (remove it yourself)"
-    others = sorted(set(os.listdir(path)) - set(config["files"]) - {RUN_CONFIG})
+        return f"has no readable {index}"
+    if not isinstance(config, dict) or key not in config:
+        return f"has a {index} that {writer} did not write"
+    if not isinstance(config.get("files"), list):  # (folders made before the index listed their files)
+        return f"holds the output of an older {writer}, whose {index} lists no files (remove it yourself)"
+    others = sorted(set(os.listdir(path)) - set(config["files"]) - {index})
     if others:
         more = ", ..." if len(others) > 3 else ""
-        return f"holds files the run did not write ({', '.join(others[:3])}{more})"
+        return f"holds files {writer} did not write there ({', '.join(others[:3])}{more})"
     return None
 
 
-def check_out_dir(out_dir, overwrite, model_path):
-    """Everything about --out_dir that can fail before any work: not the input model's folder (or one above
-    it), not a file, writable, nobody writing it now, and empty unless --overwrite and it holds a finished
-    run. Creates nothing."""
+def eval_problem(path):
+    """Why the folder at `path` is not an evaluation written whole by eval.py (None when it is one)."""
+    return run_problem(path, EVAL_SUMMARY, "eval.py", "summaries")
+
+
+def check_out_dir(out_dir, overwrite, inputs, problem=run_problem, what="run"):
+    """Everything about --out_dir that can fail before any work: not an input's folder (or one above it), not
+    inside a finished run, not a file, writable, nobody writing it now, and empty unless --overwrite and it
+    holds a finished `what` (problem(folder) is None). Creates nothing."""
     out = os.path.realpath(out_dir)  # realpath: a symlink to the model directory is the model directory
-    model_dir = os.path.realpath(model_path if os.path.isdir(model_path) else os.path.dirname(model_path))
-    if os.path.exists(model_path) and os.path.commonpath([model_dir, out]) == out:  # (a .gguf: its folder)
-        fail(f"--out_dir {out_dir} is or holds the input model's directory; choose another")
+    for path in [inputs] if isinstance(inputs, str) else inputs:
+        folder = os.path.realpath(path if os.path.isdir(path) else os.path.dirname(path))  # (a .gguf: its folder)
+        if os.path.exists(path) and os.path.commonpath([folder, out]) == out:
+            fail(f"--out_dir {out_dir} is or holds the input model's directory ({path}); choose another")
+    above = os.path.dirname(out)
+    while above != os.path.dirname(above):  # a folder inside a finished run would make it look unfinished
+        if run_problem(above) is None or eval_problem(above) is None:
+            fail(f"--out_dir {out_dir} is inside the finished folder {above}; choose another")
+        above = os.path.dirname(above)
     if os.path.exists(out) and not os.path.isdir(out):
         fail(f"--out_dir {out_dir} is a file, not a directory")
     if writer_of(out):
         fail(f"another run is writing to --out_dir {out_dir} now; wait for it or choose another")
     if os.path.isdir(out) and os.listdir(out):
         if not overwrite:
-            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the run in it, or choose "
+            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the {what} in it, or choose "
                  "another")
-        problem = run_problem(out)
-        if problem:
-            fail(f"--out_dir {out_dir} {problem}: --overwrite replaces only a finished run, so it is left as it "
+        why = problem(out)
+        if why:
+            fail(f"--out_dir {out_dir} {why}: --overwrite replaces only a finished {what}, so it is left as it "
                  "is; choose another")
     check_writable(out)
 
@@ -369,7 +382,7 @@ def atomic_dir(path, replace=None, write=True):
                 fail(f"another run is writing to {path} now ({os.path.basename(other)}); wait for it or choose "
                      "another folder")
             if not replaceable(path, replace):
-                fail(f"{path} was filled by another run just now; choose another folder")
+                fail(f"{path} is not empty, and nothing here may replace what it holds; choose another folder")
             tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), dir=parent)
             fd = _lock(tmp)
         umask = os.umask(0)

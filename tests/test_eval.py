@@ -274,8 +274,8 @@ def test_write_outputs_whole_or_not_at_all(tmp_path, monkeypatch):
     out = tmp_path / "eval"
     ev.write_outputs(str(out), fake_results())
     assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
-    assert json.load(open(out / "summary.json")) == dict(summaries={})
-    # Ctrl-C while the second file is written: the first is not renamed into place, no temp file is left
+    assert json.load(open(out / "summary.json")) == dict(summaries={}, files=["base.json", "summary.json"])
+    # Ctrl-C while the second file is written: the folder stays as it was, no temporary folder is left
     calls = []
     def interrupted(obj, f, **kwargs):
         calls.append(obj)
@@ -284,10 +284,11 @@ def test_write_outputs_whole_or_not_at_all(tmp_path, monkeypatch):
             raise KeyboardInterrupt
     monkeypatch.setattr(ev, "json", types.SimpleNamespace(dump=interrupted))
     with pytest.raises(KeyboardInterrupt):
-        ev.write_outputs(str(out), {"base.json": dict(name="new"), "summary.json": dict(summaries=1)})
+        ev.write_outputs(str(out), {"base.json": dict(name="new"), "summary.json": dict(summaries=1)}, True)
     monkeypatch.undo()
     assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
     assert json.load(open(out / "base.json")) == dict(name="base")
+    assert os.listdir(tmp_path) == ["eval"]
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -552,12 +553,18 @@ def test_threads_is_an_explicit_override(ga_run, toy_cache, tmp_path, monkeypatc
     assert seen == [2, 1]
 
 
-def test_write_failure_is_one_line_and_keeps_old_results(ga_run, toy_cache, tmp_path, monkeypatch):
-    """A disk that fills up while the third file is written: one line, and the previous results stay."""
-    out = tmp_path / "eval"
+def earlier_evaluation(out):
+    """A folder as eval.py leaves it (summary.json listing the files), with recognisable contents."""
     out.mkdir()
     (out / "base.json").write_text("old base")
-    (out / "summary.json").write_text("old summary")
+    (out / "summary.json").write_text(json.dumps(dict(summaries={}, files=["base.json", "summary.json"])))
+    return out
+
+
+def test_write_failure_is_one_line_and_keeps_old_results(ga_run, toy_cache, tmp_path, monkeypatch):
+    """A disk that fills up while the third file is written: one line, and the previous results stay."""
+    out = earlier_evaluation(tmp_path / "eval")
+    old_summary = (out / "summary.json").read_text()
     calls = []
     def full_disk(obj, f, **kwargs):
         calls.append(obj)
@@ -566,8 +573,41 @@ def test_write_failure_is_one_line_and_keeps_old_results(ga_run, toy_cache, tmp_
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         json.dump(obj, f, **kwargs)
     monkeypatch.setattr(ev, "json", types.SimpleNamespace(dump=full_disk, load=json.load))
-    argv = [ga_run, "--max_rows", "8", "--max_new_tokens", "16", "--n_beliefs", "2"]
+    argv = [ga_run, "--max_rows", "8", "--max_new_tokens", "16", "--n_beliefs", "2", "--overwrite"]
     one_line_error(lambda: eval_main(toy_cache, tmp_path, *argv), "cannot write", os.strerror(errno.ENOSPC))
-    assert sorted(os.listdir(out)) == ["base.json", "summary.json"]  # no temporary file left either
+    assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
     assert (out / "base.json").read_text() == "old base"
-    assert (out / "summary.json").read_text() == "old summary"
+    assert (out / "summary.json").read_text() == old_summary
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left either
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_dir_holding_other_files_is_refused(ga_run, toy_cache, tmp_path, no_work, overwrite):
+    """A folder with anything but an earlier evaluation in it is refused, with --overwrite too, and untouched."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "summary.json").write_text("my notes")
+    (out / "base.json").write_text("keep")
+    one_line_error(lambda: eval_main(toy_cache, tmp_path, ga_run, *overwrite), "--out_dir", str(out))
+    assert (out / "summary.json").read_text() == "my notes" and (out / "base.json").read_text() == "keep"
+
+
+def test_an_earlier_evaluation_is_replaced_whole_only_with_overwrite(ga_run, toy_cache, tmp_path):
+    out = earlier_evaluation(tmp_path / "eval")
+    (out / "old_run.json").write_text("{}")  # a model of the earlier evaluation, not of this one
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps(dict(summary, files=summary["files"] + ["old_run.json"])))
+    argv = [copy_run(ga_run, tmp_path / "summary"), "--max_rows", "8", "--max_new_tokens", "16", "--n_beliefs", "2"]
+    one_line_error(lambda: eval_main(toy_cache, tmp_path, *argv), "not empty", "--overwrite")
+    results = eval_main(toy_cache, tmp_path, *argv, "--overwrite")
+    assert list(results) == ["base", "retain", "summary_0"]  # a run named summary keeps its own file
+    assert sorted(os.listdir(out)) == ["base.json", "retain.json", "summary.json", "summary_0.json"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert sorted(saved["files"]) == sorted(os.listdir(out)) and "summary_0" in saved["summaries"]
+    assert oct(os.stat(out / "base.json").st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
