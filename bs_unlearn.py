@@ -117,7 +117,8 @@ def get_args(argv=None):
                    help="bf16 weights' AdamW steps: stochastic rounding or nearest (torch's)")
     p.add_argument("--gen_batch_size", type=count, default=64, help="prompts per generate() and scoring batch")
     scaling.add_args(p)  # bigger models: --fsdp under torchrun, --lora_r and friends
-    p.add_argument("--seed", type=int, default=0, help="batch order, sampled beliefs (and the toy model)")
+    p.add_argument("--seed", type=number(int, -2**31, 2**31 - 1), default=0,
+                   help="batch order, sampled beliefs (and the toy model)")
     p.add_argument("--sample_every", type=number(int, 0), default=0, help="print answers every N steps (0: epoch)")
     p.add_argument("--cache_dir", help="the toy models' home ($BS_UNLEARN_CACHE, else ~/.cache/bs_unlearn)",
                    default=os.environ.get("BS_UNLEARN_CACHE", os.path.expanduser("~/.cache/bs_unlearn")))

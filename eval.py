@@ -121,7 +121,7 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere (no fp16: it breaks the truth ratio)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the belief samples")
+    p.add_argument("--seed", type=bs.number(int, -2**31, 2**31 - 1), default=0, help="seed of the belief samples")
     p.add_argument("--threads", type=bs.number(int, 0), default=0,
                    help="CPU threads (0: leave torch alone; bs.load_model runs the toy model on one)")
     return p.parse_args(argv)

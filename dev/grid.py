@@ -27,6 +27,7 @@ distance, so RMU's runs stop only on NaN or inf). The tables go to stdout and <o
 number to <out_root>/table.json.
 """
 import json
+import math
 import os
 import shlex
 import statistics
@@ -74,7 +75,8 @@ def get_args(argv=None):
                    help="choose each method's setting on these seeds (by mean Agg), then report it on --seeds")
     p.add_argument("--lrs", type=floats, default="", help="learning rates to try (default: the shared one)")
     p.add_argument("--bss_lambdas", type=floats, default="", help="BS-S's lambda values to try")
-    p.add_argument("--flags", default="", help="bs_unlearn.py flags for every run: the shared setting")
+    p.add_argument("--flags", default="",
+                   help="bs_unlearn.py flags for every run: the shared setting (one alone: --flags=--lr=1e-4)")
     p.add_argument("--out_root", default=os.path.join("runs", "grid"), help="one folder per run, and the tables")
     p.add_argument("--tables_only", action="store_true",
                    help="no runs: the tables from the runs already there (give the flags the grid ran with)")
@@ -114,12 +116,26 @@ def get_args(argv=None):
     for name, seeds in (("--seeds", args.seeds), ("--tune_seeds", args.tune_seeds)):
         if len(set(seeds)) < len(seeds):
             bs.fail(f"{name} names a seed twice")
-    flags = shlex.split(args.flags)
+    try:
+        flags, eval_flags = shlex.split(args.flags), shlex.split(args.eval_flags)
+    except ValueError as e:  # an unclosed quote
+        bs.fail(f"--flags / --eval_flags: {e}")
+    for seed in args.seeds + args.tune_seeds:
+        bs.get_args(["--seed", str(seed)])  # a seed torch cannot take fails here, before any run
+    if any(lr <= 0 or not math.isfinite(lr) for lr in args.lrs):
+        bs.fail(f"--lrs: every learning rate must be > 0 (got {args.lrs})")
+    if any(not 0 <= lam <= 1 for lam in args.bss_lambdas):
+        bs.fail(f"--bss_lambdas: every lambda must be in [0, 1] (got {args.bss_lambdas})")
     probe = bs.get_args(["--method", "ga", "--seed", "-7"] + flags)  # bad flags fail here, before any run
     plain = bs.get_args(["--method", "ga", "--seed", "-7"])
     for k in ("method", "seed") + NOT_IN_FLAGS:
         if getattr(probe, k) != getattr(plain, k):
             bs.fail(f"--flags sets --{k}, which the grid sets itself (per run, or by its own flag); take it out")
+    eprobe, eplain = ev.get_args(eval_flags), ev.get_args([])
+    for k in NOT_IN_EVAL_FLAGS:
+        if getattr(eprobe, k) != getattr(eplain, k):
+            name = "run folders" if k == "runs" else f"--{k}"
+            bs.fail(f"--eval_flags sets {name}, which the grid sets itself or does not use; take it out")
     args.shared = {m: setting(m, probe.lr, probe.bss_lambda) for m in args.methods}
     for m in args.methods:  # each setting its own folder: values that print alike would share one
         labels = [label(s) for s in grid(args, m)]
@@ -131,6 +147,10 @@ def get_args(argv=None):
 # bs_unlearn flags that the grid sets, or that its one-process runs do not use: not accepted in --flags
 NOT_IN_FLAGS = ("model", "data", "data_dir", "forget_split", "system_prompt", "date_string",
                 "out_dir", "overwrite", "device", "dtype", "cache_dir", "lora_r", "fsdp")
+# eval.py flags that the grid sets itself (from the world), or that its in-process evaluation does not use
+NOT_IN_EVAL_FLAGS = ("runs", "data", "data_dir", "forget_split", "max_rows", "base_model", "retain_model",
+                     "cache_dir", "system_prompt", "date_string", "out_dir", "overwrite", "device", "dtype",
+                     "threads")
 # what a world's runs and references depend on besides bs_unlearn's flags: kept with every result, checked on
 # a rerun, so a folder never mixes worlds (only the flags the world uses: the toy's runs ignore --models_dir)
 WORLD = dict(toy=("world_seed",), smollm2=("data_dir", "models_dir"),
@@ -147,8 +167,11 @@ def fingerprint(args):
 
 def read_checked(args, path):
     """A result or references file, if it was made in this world (else one line: another world's file)."""
-    with open(path) as f:
-        saved = json.load(f)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except ValueError:  # (written whole by the grid: only something else cuts or edits it)
+        bs.fail(f"{path} is not the JSON the grid wrote; move that run's folder away and rerun to redo it")
     mine, theirs = fingerprint(args), saved.get("world") or {}
     changed = ", ".join(f"--{k} {theirs.get(k)!r} then, {v!r} now" for k, v in mine.items() if theirs.get(k) != v)
     if changed:
@@ -427,8 +450,40 @@ def paper_numbers(args):
     return out or None
 
 
+OWN = {"forget01", "forget05", "forget10", "table.md", "table.json"}  # what a grid writes in --out_root
+
+
+def check_out_root(args):
+    """--out_root holds this grid's folders and tables, or nothing yet: its tables are rewritten on every
+    call, so a folder holding anything else is refused (its table.md could be someone's notes)."""
+    root = args.out_root
+    if os.path.exists(root) and not os.path.isdir(root):
+        bs.fail(f"--out_root {root} is a file, not a folder")
+    names = set(os.listdir(root)) if os.path.isdir(root) else set()
+    others = sorted(n for n in names - OWN if not n.startswith("."))
+    try:
+        with open(os.path.join(root, "table.json")) as f:
+            ours = {"tuning", "shared"} <= set(json.load(f))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    others += [n for n in ("table.md", "table.json") if n in names and not ours]
+    if others:
+        bs.fail(f"--out_root {root} holds files the grid did not write ({', '.join(others[:3])}); choose another")
+    if args.tables_only and not names & {"forget01", "forget05", "forget10"}:
+        bs.fail(f"--out_root {root} holds no runs yet: nothing to tabulate")
+
+
+def write_whole(path, text):
+    """A file written in full or not at all: into a hidden neighbour first, renamed once complete."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     args = get_args(argv)
+    check_out_root(args)
     t_start = time.time()
     tuned, shared, tuning, refs_rows = {}, {}, {}, {}
     for split in args.splits:
@@ -489,12 +544,10 @@ def main(argv=None):
     text = "\n\n".join(parts)
     print("\n" + text)
     os.makedirs(args.out_root, exist_ok=True)
-    with open(os.path.join(args.out_root, "table.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out_root, "table.json"), "w") as f:
-        json.dump(dict(argv=sys.argv[1:] if argv is None else argv, seeds=args.seeds, tune_seeds=args.tune_seeds,
-                       splits=args.splits, tuned=tuned, shared=shared, refs=refs_rows, tuning=tuning), f,
-                  indent=1, default=str)
+    write_whole(os.path.join(args.out_root, "table.json"), json.dumps(dict(
+        argv=sys.argv[1:] if argv is None else argv, seeds=args.seeds, tune_seeds=args.tune_seeds,
+        splits=args.splits, tuned=tuned, shared=shared, refs=refs_rows, tuning=tuning), indent=1, default=str))
+    write_whole(os.path.join(args.out_root, "table.md"), text + "\n")
     print(f"\nwrote {args.out_root}/table.md and table.json; {time.time() - t_start:.0f} s")
     return dict(tuned=tuned, shared=shared, refs=refs_rows, tuning=tuning)
 

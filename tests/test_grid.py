@@ -198,3 +198,35 @@ def test_settings_and_seeds_that_cannot_be_told_apart_are_refused():
     one_line_error(lambda: grid.get_args(["--lrs", "1e-4,1.0000001e-4"]), "--lrs", "6 digits")
     one_line_error(lambda: grid.get_args(["--lrs", "1e-4,1e-4"]), "--lrs")
     one_line_error(lambda: grid.get_args(["--seeds", ""]), "--seeds")
+
+
+def test_an_out_root_holding_other_files_is_refused(tmp_path):
+    # the grid rewrites table.md and table.json on every call: a folder of someone's notes is left alone
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "table.md").write_text("my notes")
+    one_line_error(lambda: grid.main(["--tables_only", "--out_root", str(notes)]), "--out_root", "table.md")
+    (notes / "table.md").unlink()
+    (notes / "thesis.txt").write_text("years of work")
+    one_line_error(lambda: grid.main(["--out_root", str(notes)]), "--out_root", "thesis.txt")
+    assert sorted(os.listdir(notes)) == ["thesis.txt"]
+    one_line_error(lambda: grid.main(["--tables_only", "--out_root", str(tmp_path / "new")]), "no runs")
+    assert not os.path.exists(tmp_path / "new")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--lrs", "-1"], ["--lrs", "> 0"]), (["--bss_lambdas", "1.5"], ["--bss_lambdas"]),
+    (["--flags", '--system_prompt "x'], ["--flags", "quotation"]), (["--seeds", str(2 ** 40)], ["--seed"]),
+    (["--eval_flags", "--out_dir /tmp/elsewhere"], ["--eval_flags", "--out_dir"])])
+def test_bad_grid_input_is_one_line_before_any_work(argv, words):
+    one_line_error(lambda: grid.get_args(argv), *words)
+
+
+def test_a_cut_result_file_is_one_line(tiny, tmp_path):
+    argv, out, _ = tiny
+    import shutil
+    shutil.copytree(out, tmp_path / "copy")
+    (tmp_path / "copy" / "forget10" / "seed1" / "ga-lr0.0003" / "result.json").write_text('{"method": "g')
+    argv = list(argv)
+    argv[argv.index("--out_root") + 1] = str(tmp_path / "copy")
+    one_line_error(lambda: grid.main(argv + ["--tables_only"]), "result.json", "not the JSON")
