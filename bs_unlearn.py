@@ -45,14 +45,15 @@ import os
 import random
 import time
 
-import torch
-import torch.nn.functional as F
-
 # not the method: one-line errors, row files, loading and saving models, run folders written whole (some of
-# these names are here for eval.py, the notebooks and the tests, as bs.<name>)
+# these names are here for eval.py, the notebooks and the tests, as bs.<name>). Imported before torch, so
+# that Ctrl-C while torch loads ends in one line too
 from plumbing import (Parser, StepCheck, StepLog, atomic_dir, autocast, check_lengths,  # noqa: F401
                       check_out_dir, check_writable, fail, load_model, load_tokenizer, number, pick_device, quiet,
                       read_rows, run_dir, run_main, save_model, save_run, say)
+import torch
+import torch.nn.functional as F
+
 import baselines  # the other rows of the paper's Table 1: WGA, SimNPO, RMU
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
 import toy_world  # the embedded example: toy authors and a tiny model, built offline

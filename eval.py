@@ -66,13 +66,13 @@ import math
 import os
 import time
 
+import plumbing  # first: Ctrl-C while torch loads ends in one line too
 import numpy as np
 import torch
 from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
 import bs_unlearn as bs
-import plumbing
 import toy_world
 
 # -----------------------------------------------------------------------------------------------------

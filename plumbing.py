@@ -14,11 +14,28 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 
-import torch
+
+def _interrupted_while_starting(signum, frame):
+    """Ctrl-C before run_main is in place (while torch loads, say): one line, not a traceback (inside a
+    library's import it can surface as any error at all). Nothing is written yet, so the process just ends.
+    The scripts import plumbing before torch, so that this is in place first."""
+    try:
+        os.write(2, b"interrupted while starting; nothing done\n")
+    finally:
+        os._exit(130)
+
+
+SCRIPTS = ("bs_unlearn.py", "eval.py", "grid.py")  # the scripts that end in run_main
+if (os.path.basename((getattr(sys, "argv", None) or [""])[0]) in SCRIPTS  # (a program importing us: untouched)
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import torch  # noqa: E402
 
 try:
     import fcntl  # folder locks (POSIX); without it, runs are still written whole but not locked
@@ -529,8 +546,8 @@ class StepCheck:
 
 
 class _PipeSafe:
-    """stdout or stderr that outlives its reader: once the pipe is closed (`... | head -1`), further output goes
-    to /dev/null (said once on stderr), so a closed pipe never ends the run."""
+    """stdout or stderr that outlives its reader: once it cannot be written (a closed pipe, `... | head -1`, or
+    a full disk, `> /dev/full`), further output goes to /dev/null (said once on stderr), so the run goes on."""
 
     def __init__(self, stream, name):
         self.stream, self.name = stream, name
@@ -538,22 +555,23 @@ class _PipeSafe:
     def write(self, text):
         try:
             return self.stream.write(text)
-        except BrokenPipeError:
-            self._closed()
+        except OSError as e:
+            self._closed(e)
             return len(text)
 
     def flush(self):
         try:
             self.stream.flush()
-        except BrokenPipeError:
-            self._closed()
+        except OSError as e:
+            self._closed(e)
 
-    def _closed(self):
+    def _closed(self, e):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self.stream.fileno())  # later writes and the flush at exit go nowhere, quietly
         os.close(devnull)
         if self.name == "stdout":
-            print("note: stdout was closed; the run goes on without printing", file=sys.stderr, flush=True)
+            why = "was closed" if isinstance(e, BrokenPipeError) else f"cannot be written ({e.strerror or e})"
+            print(f"note: stdout {why}; the run goes on without printing", file=sys.stderr, flush=True)
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
@@ -563,7 +581,12 @@ def run_main(main, after_interrupt="nothing saved"):
     """Run a script's main() so that whatever the user or the machine does ends in one line, not a traceback:
     Ctrl-C (exit 130), a closed stdout (the run goes on), a full disk or another OS error, running out of memory.
     Errors in the code itself still show their traceback."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     streams = sys.stdout, sys.stderr
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # started with it closed (`>&-`): its output goes nowhere
+            setattr(sys, name, open(os.devnull, "w"))
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout, "stdout"), _PipeSafe(sys.stderr, "stderr")
     try:
         main()

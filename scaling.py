@@ -21,7 +21,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from plumbing import fail, number
+from plumbing import fail, first_line, number
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # Llama-style attention and MLP
 
@@ -32,7 +32,7 @@ def add_args(p):
                    help="under torchrun: shard weights, grads and AdamW state over the ranks (FSDP2)")
     p.add_argument("--lora_r", type=number(int, 0), default=0, help="LoRA rank (0: train all weights)")
     p.add_argument("--lora_alpha", type=number(float, 0, above=True), default=None,
-                   help="LoRA scale alpha / r (default: 2 r)")
+                   help="LoRA's alpha: the adapters' output is scaled by alpha / r (default: alpha = 2 r)")
     p.add_argument("--lora_targets", default=LORA_TARGETS, help="comma-separated module names")
     p.add_argument("--save_adapter", action="store_true", help="also save the adapters, in <out_dir>/adapter")
 
@@ -236,9 +236,12 @@ def unsharded(model):
 def add_lora(model, r, alpha, targets):
     """Freeze the model and add rank-r adapters (scale alpha / r) to the named linear layers."""
     from peft import LoraConfig, get_peft_model
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-                     target_modules=[t.strip() for t in targets.split(",") if t.strip()])
-    return get_peft_model(model, cfg)
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM", target_modules=names)
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:  # peft: no module of the model has one of these names
+        fail(f"--lora_targets {targets}: {first_line(e)}")
 
 
 def wrap(model, args, keep_ref):

@@ -35,14 +35,13 @@ import subprocess
 import sys
 import time
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules live one folder up
+from plumbing import Diverged  # noqa: E402  (first: Ctrl-C while torch loads ends in one line too)
+import torch  # noqa: E402
 import bs_unlearn as bs  # noqa: E402
 import eval as ev  # noqa: E402
 import toy_world  # noqa: E402
-from plumbing import Diverged  # noqa: E402
 
 METHODS = ["ga", "npo", "rmu", "simnpo", "wga", "bs_t", "bs_s"]  # Table 1's rows, in its order
 NAMES = dict(base="Original", retain="Retrain", ga="GradDiff", npo="NPO", rmu="RMU", simnpo="SimNPO",

@@ -108,3 +108,11 @@ def test_lora_flags_refused():
         with pytest.raises(SystemExit) as e:
             bs.get_args(argv)
         assert words in str(e.value)
+
+
+def test_unknown_lora_targets_are_one_line(toy, tmp_path):
+    model = copy.deepcopy(toy[0])
+    args = bs.get_args(["--lora_r", "4", "--lora_targets", "foo_proj"])  # (a name no layer of the model has)
+    with pytest.raises(SystemExit) as e:
+        scaling.wrap(model, args, keep_ref=False)
+    assert "--lora_targets foo_proj" in str(e.value) and "\n" not in str(e.value)

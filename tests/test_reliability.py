@@ -584,6 +584,42 @@ def test_closed_stdout_finishes_the_run(toy_cache, tmp_path):
     assert plumbing.run_problem(str(out)) is None  # the run went on and finished
 
 
+@pytest.mark.parametrize("how", ["closed", "full"])
+def test_stdout_that_cannot_be_written_finishes_the_run(toy_cache, tmp_path, how):
+    # started with stdout closed (`>&-`), or on a full disk (`> /dev/full`): the run is saved all the same
+    if how == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    out = tmp_path / "run"
+    stdout = open("/dev/full", "w") if how == "full" else None
+    run = subprocess.run(cli(toy_cache, out), cwd=ROOT, text=True, env=cli_env(toy_cache), timeout=300,
+                         stdout=stdout, stderr=subprocess.PIPE,
+                         preexec_fn=(lambda: os.close(1)) if how == "closed" else None)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    if how == "full":
+        assert "stdout cannot be written (No space left on device)" in run.stderr
+    assert plumbing.run_problem(str(out)) is None
+
+
+def test_ctrl_c_while_starting_is_one_line(toy_cache, tmp_path):
+    # one of the scripts, interrupted while its imports run (before run_main is in place): one line, exit 130
+    script = tmp_path / "bs_unlearn.py"
+    script.write_text(f"import os, signal, sys, time\nsys.path.insert(0, {ROOT!r})\nimport plumbing\n"
+                      "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\nprint('not interrupted')\n")
+    run = subprocess.run([sys.executable, str(script)], text=True, capture_output=True, timeout=120,
+                         env=cli_env(toy_cache), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (run.returncode, run.stdout, run.stderr) == (130, "", "interrupted while starting; nothing done\n")
+
+
+@pytest.mark.parametrize("script", ["bs_unlearn.py", "eval.py", "dev/grid.py"])
+def test_scripts_import_plumbing_before_torch(script):
+    # so that Ctrl-C while torch loads (a second or more) meets the handler above, not a traceback
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, script)).read())
+    names = [a.name if isinstance(node, ast.Import) else node.module for node in tree.body
+             if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names]
+    assert names.index("plumbing") < names.index("torch"), names
+
+
 def wait_for_step(child, n):
     for line in child.stdout:
         if line.startswith(f"step {n:4d}/"):
