@@ -131,7 +131,7 @@ def get_args(argv=None):
         args.gamma = 0.125 if args.method == "simnpo" else 1.0
     if args.retain_loss is None:
         args.retain_loss = "embed" if args.method == "rmu" else "nll"
-    args.out_dir = args.out_dir or os.path.join("runs", args.method)
+    args.out_dir = os.path.join("runs", args.method) if args.out_dir is None else args.out_dir
     return args
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -170,10 +171,21 @@ def hub_args(path):
     return path, {}
 
 
+def check_model_path(path):
+    """A path that is plainly local (a .gguf file, absolute, ./, ../, or more than hub's owner/name) must be
+    there, and a folder must hold a model: else transformers answers with a hub error about a repo id."""
+    local = path.endswith(".gguf") or os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+    if local and not os.path.exists(path):
+        fail(f"no model at {path}: no such file or folder")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        fail(f"{path} is a folder without a model in it (no config.json)")
+
+
 def load_tokenizer(path, system_prompt=None, date_string=None):
     """The tokenizer, carrying the prompt settings format_prompt uses; without a pad token it pads with EOS
     (safe here: attention masks come from lengths)."""
     from transformers import AutoTokenizer
+    check_model_path(path)
     folder, extra = hub_args(path)
     try:
         tok = AutoTokenizer.from_pretrained(folder, **extra)
@@ -281,6 +293,8 @@ def check_out_dir(out_dir, overwrite, inputs, problem=run_problem, what="run"):
     """Everything about --out_dir that can fail before any work: not an input's folder (or one above it), not
     inside a finished run, not a file, writable, nobody writing it now, and empty unless --overwrite and it
     holds a finished `what` (problem(folder) is None). Creates nothing."""
+    if not out_dir.strip():
+        fail("--out_dir is empty; name a folder")
     out = os.path.realpath(out_dir)  # realpath: a symlink to the model directory is the model directory
     for path in [inputs] if isinstance(inputs, str) else inputs:
         folder = os.path.realpath(path if os.path.isdir(path) else os.path.dirname(path))  # (a .gguf: its folder)
@@ -577,6 +591,11 @@ class _PipeSafe:
         return getattr(self.stream, name)
 
 
+def _shown(path):
+    """A path as the user knows it: a run's hidden folder (.NAME.tmp-XXXX) is shown as the folder it becomes."""
+    return re.sub(r"(^|/)\.([^/]+)\.tmp-[^/]+", r"\1\2", str(path))
+
+
 def run_main(main, after_interrupt="nothing saved"):
     """Run a script's main() so that whatever the user or the machine does ends in one line, not a traceback:
     Ctrl-C (exit 130), a closed stdout (the run goes on), a full disk or another OS error, running out of memory.
@@ -597,7 +616,7 @@ def run_main(main, after_interrupt="nothing saved"):
     except (torch.OutOfMemoryError, MemoryError):
         fail("out of memory; try a smaller --batch_size, --bss_chunk or --gen_batch_size")
     except OSError as e:  # a full disk, a vanished folder, a device error
-        where = f" ({e.filename})" if e.filename else ""
+        where = f" ({_shown(e.filename)})" if e.filename else ""
         fail(f"{e.strerror or first_line(e)}{where}" + ("; free some space" if e.errno == errno.ENOSPC else ""))
     finally:
         sys.stdout, sys.stderr = streams

@@ -476,6 +476,10 @@ FAULTS = [
     ("overwrite a run someone added to", f"bs {QUICK} --out_dir {{run_plus}} --overwrite", None,
      ["did not write", "thesis.txt"], "run_plus"),
     ("a run there, no --overwrite", f"bs {QUICK} --out_dir {{run}}", None, ["not empty", "--overwrite"], "run"),
+    ("a model path that is not there", f"bs {QUICK} --model {{tmp}}/nope --out_dir {{out}}", None,
+     ["no model at", "no such file or folder"], "out"),
+    ("a folder that holds no model", f"bs {QUICK} --model {{notes}} --out_dir {{out}}", None,
+     ["without a model", "config.json"], "notes"),
     ("a new run inside a finished one", f"bs {QUICK} --out_dir {{run}}/sub", None, ["inside the finished"], "run"),
     ("an evaluation into a folder of notes", "eval --out_dir {notes} --overwrite", None,
      ["--overwrite replaces only a finished evaluation"], "notes"),
@@ -618,6 +622,15 @@ def test_scripts_import_plumbing_before_torch(script):
     names = [a.name if isinstance(node, ast.Import) else node.module for node in tree.body
              if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names]
     assert names.index("plumbing") < names.index("torch"), names
+
+
+def test_an_empty_out_dir_is_refused(capsys):
+    one_line_error(lambda: bs.main(["--out_dir", ""]), "--out_dir is empty")
+
+
+def test_errors_name_the_folder_the_user_gave_not_its_hidden_twin():
+    assert plumbing._shown("/tmp/x/.out.tmp-ab12cd/model.safetensors") == "/tmp/x/out/model.safetensors"
+    assert plumbing._shown("/a/b.c/.d/file.tmp") == "/a/b.c/.d/file.tmp"
 
 
 def wait_for_step(child, n):
