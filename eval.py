@@ -5,7 +5,7 @@ Evaluates models written by bs_unlearn.py next to two references: the starting m
 unlearned) and the retain-only model (trained without the forget set: what unlearning should look like).
 Definitions: TOFU's metrics as open-unlearning computes them, and the paper's Table 1 summary (listed below).
 
-Run (the embedded example, fully offline; six models in ~40 s on 2 busy CPU cores):
+Run (the embedded example, fully offline; six models in about 20 s on one CPU core):
     for m in ga npo bs_t bs_s; do python bs_unlearn.py --method $m; done
     python eval.py runs/ga runs/npo runs/bs_t runs/bs_s
 TOFU (on a GPU; the data, from local TOFU files or the hub, and the base model default to the runs'; FQ
@@ -82,7 +82,7 @@ FLUENCY_MODEL = "madhurjindal/autonlp-Gibberish-Detector-492513457"  # the class
 
 
 def get_args(argv=None):
-    p = bs.Parser(description=__doc__.split("\n\n")[0])
+    p = bs.Parser(description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("Metrics, per split"):])
     count = bs.number(int, 1)
     p.add_argument("runs", nargs="*", help="run directories written by bs_unlearn.py (or any saved model)")
     # data (defaults: what the runs were trained on, from their run_config.json)
@@ -118,12 +118,12 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier evaluation in --out_dir (a folder holding anything else: never)")
     p.add_argument("--batch_size", type=count, default=64, help="sequences per forward / generate batch")
-    p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on CUDA, fp32 elsewhere (no fp16: it breaks the truth ratio)")
     p.add_argument("--seed", type=bs.number(int, -2**31, 2**31 - 1), default=0, help="seed of the belief samples")
     p.add_argument("--threads", type=bs.number(int, 0), default=0,
-                   help="CPU threads (0: leave torch alone; bs.load_model runs the toy model on one)")
+                   help="CPU threads (0: torch's default, but the toy model runs on one)")
     return p.parse_args(argv)
 
 
@@ -435,7 +435,7 @@ def evaluate_split(model, tok, split, rows, args, beliefs=None, desc=None):
     if beliefs is not None:
         examples += [bs.encode(tok, rows[b["row"]]["question"], b["text"]) for b in beliefs["samples"]]
     n_batches = math.ceil(len(examples) / args.batch_size) + math.ceil(N / args.batch_size)
-    with tqdm(total=n_batches, desc=desc or split, leave=False) as bar:
+    with tqdm(total=n_batches, desc=desc or split, leave=False, disable=None) as bar:  # (None: on a terminal only)
         s = score_examples(model, tok, examples, args.batch_size, bar)
         answers = greedy_answers(model, tok, prompts, args.max_new_tokens, args.batch_size, bar)
     # 2. per-row numbers; p_* are length-normalised probabilities

@@ -153,7 +153,7 @@ def fit(model, tok, examples, seed=0, steps=600, batch_size=64, lr=3e-3):
                             lr=lr, betas=(0.9, 0.95), fused=False)
     rng, order = random.Random(seed), []
     model.train()
-    for step in tqdm(range(total), desc="toy model", leave=False):
+    for step in tqdm(range(total), desc="toy model", leave=False, disable=None):  # (None: on a terminal only)
         if not order:  # a new epoch
             order = rng.sample(range(len(examples)), len(examples))
         batch, order = order[:batch_size], order[batch_size:]
