@@ -171,13 +171,15 @@ def hub_args(path):
     return path, {}
 
 
-def check_model_path(path):
+def check_model_path(path, model=True):
     """A path that is plainly local (a .gguf file, absolute, ./, ../, or more than hub's owner/name) must be
-    there, and a folder must hold a model: else transformers answers with a hub error about a repo id."""
+    there, and a folder must hold a model (model=False: a tokenizer will do): else transformers answers with a
+    hub error about a repo id, or a line cut short."""
     local = path.endswith(".gguf") or os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
     if local and not os.path.exists(path):
         fail(f"no model at {path}: no such file or folder")
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+    if model and os.path.isdir(path) and not any(os.path.exists(os.path.join(path, name))
+                                                 for name in ("config.json", "adapter_config.json")):
         fail(f"{path} is a folder without a model in it (no config.json)")
 
 
@@ -185,7 +187,7 @@ def load_tokenizer(path, system_prompt=None, date_string=None):
     """The tokenizer, carrying the prompt settings format_prompt uses; without a pad token it pads with EOS
     (safe here: attention masks come from lengths)."""
     from transformers import AutoTokenizer
-    check_model_path(path)
+    check_model_path(path, model=False)
     folder, extra = hub_args(path)
     try:
         tok = AutoTokenizer.from_pretrained(folder, **extra)
@@ -205,6 +207,7 @@ def load_model(path, device, dtype="auto", system_prompt=None, date_string=None)
     from transformers import AutoModelForCausalLM
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" else "float32"
+    check_model_path(path)
     tok = load_tokenizer(path, system_prompt, date_string)
     folder, extra = hub_args(path)
     try:
