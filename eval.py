@@ -555,22 +555,27 @@ def format_table(summaries):
     return "\n".join(lines)
 
 
-def write_outputs(out_dir, files, overwrite=False):
-    """Write {file name: JSON-able} as the folder out_dir, whole or not at all (bs.atomic_dir: a hidden folder
-    beside it takes its place once every file is written). summary.json comes last and lists the files, so a
-    later --overwrite knows the folder for an evaluation and nothing else. A full disk or Ctrl-C leaves what
-    was there before, and no temporary folder."""
+def output_dir(out_dir, overwrite=False):
+    """The folder the results go to, written whole or not at all (plumbing.atomic_dir): claimed from the
+    start, so a second evaluation into it is refused at once, and in place only once every file is written.
+    An earlier evaluation there is replaced only with --overwrite. A full disk or Ctrl-C leaves what was there
+    before, and no temporary folder."""
     def earlier_evaluation(path):
         return overwrite and plumbing.eval_problem(path) is None
+    return plumbing.atomic_dir(out_dir, earlier_evaluation)
+
+
+def write_outputs(folder, files):
+    """{file name: JSON-able} as JSON files in folder. summary.json lists them all, so that a later --overwrite
+    knows the folder for an evaluation and nothing else."""
     try:
-        with plumbing.atomic_dir(out_dir, earlier_evaluation) as tmp:
-            for name, obj in files.items():
-                if name == plumbing.EVAL_SUMMARY:
-                    obj = dict(obj, files=sorted(files))
-                with open(os.path.join(tmp, name), "w") as f:
-                    json.dump(obj, f, indent=1)
+        for name, obj in files.items():
+            if name == plumbing.EVAL_SUMMARY:
+                obj = dict(obj, files=sorted(files))
+            with open(os.path.join(folder, name), "w") as f:
+                json.dump(obj, f, indent=1)
     except OSError as e:
-        bs.fail(f"cannot write the results to {out_dir}: {e.strerror or e}")
+        bs.fail(f"cannot write the results: {e.strerror or e}")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -587,6 +592,8 @@ def main(argv=None):
     names = [os.path.basename(os.path.normpath(r)) for r in args.runs]  # a run is named by its directory
     names = [n if names.count(n) == 1 and n not in ("base", "retain", "summary") else f"{n}_{i}"
              for i, n in enumerate(names)]
+    if len(set(names)) < len(names):  # (say runs a/x, b/x and x_1)
+        bs.fail(f"two runs would be reported as one ({', '.join(names)}); rename a run's folder")
     models = [("base", base_path)] + ([("retain", retain_path)] if retain_path else [])
     models += list(zip(names, args.runs))
     check_models(models, args.allow_tokenizer_mismatch)  # the base first: the others are compared with it
@@ -595,26 +602,27 @@ def main(argv=None):
     print(f"evaluating {len(models)} models on {args.data} {args.forget_split} "
           f"({', '.join(f'{k} {len(v)}' for k, v in data.items())} rows) on {device}")
     results, beliefs = {}, None
-    for name, path in models:  # the base first: its beliefs are drawn once and reused by every model
-        t = time.time()
-        model, tok = bs.load_model(path, device, args.dtype, args.system_prompt, args.date_string)
-        if args.threads:  # after load_model, which puts the toy model on one thread
-            torch.set_num_threads(args.threads)
-        if beliefs is None:
-            beliefs = draw_beliefs(model, tok, data["forget"], args.n_beliefs, args.belief_temp, args.seed,
-                                   args.batch_size)
-        results[name] = dict(evaluate(model, tok, data, beliefs, args, name, fluency), path=path)
-        del model
-        print(f"  {name}: {time.time() - t:.1f} s")
-    # forget quality needs the retain-only model's truth ratios, so the summaries come last
-    retain_R = results["retain"]["splits"]["forget"]["rows"]["R"] if "retain" in results else None
-    for res in results.values():
-        res["summary"] = summarise(res, retain_R)
-        res["config"] = dict(vars(args), base_model=base_path, retain_model=retain_path)
-    summaries = {name: res["summary"] for name, res in results.items()}
-    summary = dict(summaries=summaries, beliefs=beliefs, config=results["base"]["config"])
-    write_outputs(args.out_dir, {**{f"{name}.json": res for name, res in results.items()},
-                                 plumbing.EVAL_SUMMARY: summary}, args.overwrite)
+    with output_dir(args.out_dir, args.overwrite) as out:  # (claimed now: a second evaluation into it stops)
+        for name, path in models:  # the base first: its beliefs are drawn once and reused by every model
+            t = time.time()
+            model, tok = bs.load_model(path, device, args.dtype, args.system_prompt, args.date_string)
+            if args.threads:  # after load_model, which puts the toy model on one thread
+                torch.set_num_threads(args.threads)
+            if beliefs is None:
+                beliefs = draw_beliefs(model, tok, data["forget"], args.n_beliefs, args.belief_temp, args.seed,
+                                       args.batch_size)
+            results[name] = dict(evaluate(model, tok, data, beliefs, args, name, fluency), path=path)
+            del model
+            print(f"  {name}: {time.time() - t:.1f} s")
+        # forget quality needs the retain-only model's truth ratios, so the summaries come last
+        retain_R = results["retain"]["splits"]["forget"]["rows"]["R"] if "retain" in results else None
+        for res in results.values():
+            res["summary"] = summarise(res, retain_R)
+            res["config"] = dict(vars(args), base_model=base_path, retain_model=retain_path)
+        summaries = {name: res["summary"] for name, res in results.items()}
+        summary = dict(summaries=summaries, beliefs=beliefs, config=results["base"]["config"])
+        write_outputs(out, {**{f"{name}.json": res for name, res in results.items()},
+                            plumbing.EVAL_SUMMARY: summary})
     print(format_table(summaries))
     print(LEGEND)
     print(f"MU from {summaries['base']['mu_n']} numbers; {len(beliefs['samples'])} beliefs; "

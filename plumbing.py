@@ -31,8 +31,10 @@ def _interrupted_while_starting(signum, frame):
         os._exit(130)
 
 
-SCRIPTS = ("bs_unlearn.py", "eval.py", "grid.py")  # the scripts that end in run_main
-if (os.path.basename((getattr(sys, "argv", None) or [""])[0]) in SCRIPTS  # (a program importing us: untouched)
+HERE = os.path.dirname(os.path.realpath(__file__))
+SCRIPTS = [os.path.join(HERE, name) for name in ("bs_unlearn.py", "eval.py", os.path.join("dev", "grid.py"))]
+if (os.path.realpath((getattr(sys, "argv", None) or [""])[0]) in SCRIPTS  # these, run as scripts: ending in
+        and "IPython" not in sys.modules  # run_main, which removes it (a program importing us is untouched)
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
     signal.signal(signal.SIGINT, _interrupted_while_starting)
 
@@ -175,7 +177,8 @@ def check_model_path(path, model=True):
     """A path that is plainly local (a .gguf file, absolute, ./, ../, or more than hub's owner/name) must be
     there, and a folder must hold a model (model=False: a tokenizer will do): else transformers answers with a
     hub error about a repo id, or a line cut short."""
-    local = path.endswith(".gguf") or os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+    local = (path.endswith(".gguf") or os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+             or os.path.isdir(path.split("/")[0]) and "/" in path)  # (runs/ga_typo: runs is a folder here)
     if local and not os.path.exists(path):
         fail(f"no model at {path}: no such file or folder")
     if model and os.path.isdir(path) and not any(os.path.exists(os.path.join(path, name))
@@ -312,14 +315,16 @@ def check_out_dir(out_dir, overwrite, inputs, problem=run_problem, what="run"):
         fail(f"--out_dir {out_dir} is a file, not a directory")
     if writer_of(out):
         fail(f"another run is writing to --out_dir {out_dir} now; wait for it or choose another")
+    if os.path.commonpath([out, os.getcwd()]) == out:  # (the folder is replaced whole: the shell's would go)
+        fail(f"--out_dir {out_dir} is or holds the current folder; choose another")
     if os.path.isdir(out) and os.listdir(out):
-        if not overwrite:
-            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the {what} in it, or choose "
-                 "another")
         why = problem(out)
         if why:
             fail(f"--out_dir {out_dir} {why}: --overwrite replaces only a finished {what}, so it is left as it "
                  "is; choose another")
+        if not overwrite:
+            fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the {what} in it, or choose "
+                 "another")
     check_writable(out)
 
 

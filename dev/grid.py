@@ -185,7 +185,7 @@ def code_version():
         return subprocess.run(["git", "-C", ROOT, *cmd], capture_output=True, text=True, timeout=30).stdout.strip()
     try:
         head = git("rev-parse", "--short", "HEAD")
-        return head and head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "") if head else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -427,7 +427,7 @@ def markdown(block, splits, paper=None, cols=CELLS):
             for k, _ in cols:
                 c = cell(r.get(k), FORMATS.get(k, ".3f"))
                 if k == "agg" and r.get("setting", True) is None:
-                    c = "none chosen yet"  # (--tables_only: no setting has run on every tuning seed)
+                    c = r["none"]  # (every setting stopped, or with --tables_only, none has run on every seed)
                 elif k == "agg" and (r.get("stopped") or r.get("missing")):
                     c += f" ({r['stopped']} stopped)" if r.get("stopped") else f" ({r['missing']} missing)"
                 if k == "agg" and paper and paper.get(sp, {}).get(name):
@@ -483,6 +483,7 @@ def write_whole(path, text):
 def main(argv=None):
     args = get_args(argv)
     check_out_root(args)
+    CODE.clear()  # (a second call in one process: only its own runs count)
     t_start = time.time()
     tuned, shared, tuning, refs_rows = {}, {}, {}, {}
     for split in args.splits:
@@ -491,7 +492,9 @@ def main(argv=None):
                 scores, chosen = tune(args, split, m)
                 tuning.setdefault(m, {})[split] = dict(scores=scores, chosen=chosen and label(chosen))
                 rows = rows_of([run(args, m, chosen, split, s) for s in args.seeds]) if chosen else rows_of([])
-                tuned.setdefault(m, {})[split] = dict(rows, setting=chosen)  # (None: no setting finished yet)
+                pending = any(isinstance(v, str) for v in scores.values())  # ("not run", "k of n seeds run")
+                tuned.setdefault(m, {})[split] = dict(rows, setting=chosen,  # (None: no setting to choose)
+                                                      none="none chosen yet" if pending else "every setting stopped")
             elif args.lrs or args.bss_lambdas:  # every setting, reported on --seeds
                 for s in grid(args, m):
                     tuned.setdefault(f"{m} {label(s)}", {})[split] = dict(

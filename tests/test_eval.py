@@ -21,6 +21,7 @@ from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
 import bs_unlearn as bs
+import plumbing
 from conftest import one_line_error
 import toy_world
 import eval as ev
@@ -272,7 +273,8 @@ def fake_results():
 
 def test_write_outputs_whole_or_not_at_all(tmp_path, monkeypatch):
     out = tmp_path / "eval"
-    ev.write_outputs(str(out), fake_results())
+    with ev.output_dir(str(out)) as folder:
+        ev.write_outputs(folder, fake_results())
     assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
     assert json.load(open(out / "summary.json")) == dict(summaries={}, files=["base.json", "summary.json"])
     # Ctrl-C while the second file is written: the folder stays as it was, no temporary folder is left
@@ -284,7 +286,8 @@ def test_write_outputs_whole_or_not_at_all(tmp_path, monkeypatch):
             raise KeyboardInterrupt
     monkeypatch.setattr(ev, "json", types.SimpleNamespace(dump=interrupted))
     with pytest.raises(KeyboardInterrupt):
-        ev.write_outputs(str(out), {"base.json": dict(name="new"), "summary.json": dict(summaries=1)}, True)
+        with ev.output_dir(str(out), overwrite=True) as folder:
+            ev.write_outputs(folder, {"base.json": dict(name="new"), "summary.json": dict(summaries=1)})
     monkeypatch.undo()
     assert sorted(os.listdir(out)) == ["base.json", "summary.json"]
     assert json.load(open(out / "base.json")) == dict(name="base")
@@ -588,8 +591,27 @@ def test_out_dir_holding_other_files_is_refused(ga_run, toy_cache, tmp_path, no_
     out.mkdir()
     (out / "summary.json").write_text("my notes")
     (out / "base.json").write_text("keep")
-    one_line_error(lambda: eval_main(toy_cache, tmp_path, ga_run, *overwrite), "--out_dir", str(out))
+    one_line_error(lambda: eval_main(toy_cache, tmp_path, ga_run, *overwrite), "--out_dir", str(out),
+                   "--overwrite replaces only a finished evaluation")  # (not "pass --overwrite", which would fail)
     assert (out / "summary.json").read_text() == "my notes" and (out / "base.json").read_text() == "keep"
+
+
+def test_the_out_dir_is_claimed_before_the_evaluation(ga_run, toy_cache, tmp_path, monkeypatch):
+    # a second evaluation into the same folder is refused at its start, not after all its work
+    def started(*args, **kwargs):
+        assert plumbing.writer_of(str(tmp_path / "eval"))
+        raise Evaluated
+    monkeypatch.setattr(ev, "draw_beliefs", started)
+    with pytest.raises(Evaluated):
+        eval_main(toy_cache, tmp_path, ga_run)
+    assert os.listdir(tmp_path) == []  # (interrupted: nothing left, hidden or not)
+
+
+def test_the_current_folder_is_not_an_out_dir(ga_run, toy_cache, tmp_path, monkeypatch, no_work):
+    # the folder is replaced whole, which would pull the shell's folder from under it
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    one_line_error(lambda: ev.main([ga_run, "--out_dir", ".", "--cache_dir", toy_cache[0]]), "current folder")
 
 
 def test_an_earlier_evaluation_is_replaced_whole_only_with_overwrite(ga_run, toy_cache, tmp_path):

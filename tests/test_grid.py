@@ -192,6 +192,27 @@ def test_partly_run_grid_names_what_is_missing(tiny, tmp_path, monkeypatch):
     bs_s_row = next(line for line in text.splitlines() if line.startswith("| BS-S |"))
     assert "none chosen yet" in bs_s_row
     assert "2 versions of the code" in text and "0000000" in text
+    grid.main(list(tiny[0]) + ["--tables_only"])  # the same process, another grid: its own versions only
+    assert "versions of the code" not in open(os.path.join(out, "table.md")).read()
+
+
+def test_a_method_whose_every_setting_stopped_says_so(tiny, tmp_path, monkeypatch):
+    argv, out, table = tiny
+    import shutil
+    shutil.copytree(out, tmp_path / "copy")
+    for seed in (0, 3):
+        for lab in ("lr0.0003", "lr0.001"):
+            res = tmp_path / "copy" / "forget10" / f"seed{seed}" / f"ga-{lab}" / "result.json"
+            saved = json.loads(res.read_text())
+            saved.pop("summary")
+            res.write_text(json.dumps(dict(saved, stopped="at step 1 the run diverged (by hand)")))
+    argv = list(argv)
+    argv[argv.index("--out_root") + 1] = str(tmp_path / "copy")
+    monkeypatch.setattr(bs, "train", lambda *a, **k: pytest.fail("--tables_only trained a run"))
+    grid.main(argv + ["--tables_only"])
+    row = next(line for line in (tmp_path / "copy" / "table.md").read_text().splitlines()
+               if line.startswith("| GradDiff |"))
+    assert "every setting stopped" in row
 
 
 def test_settings_and_seeds_that_cannot_be_told_apart_are_refused():

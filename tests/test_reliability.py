@@ -604,14 +604,20 @@ def test_stdout_that_cannot_be_written_finishes_the_run(toy_cache, tmp_path, how
     assert plumbing.run_problem(str(out)) is None
 
 
-def test_ctrl_c_while_starting_is_one_line(toy_cache, tmp_path):
-    # one of the scripts, interrupted while its imports run (before run_main is in place): one line, exit 130
-    script = tmp_path / "bs_unlearn.py"
-    script.write_text(f"import os, signal, sys, time\nsys.path.insert(0, {ROOT!r})\nimport plumbing\n"
-                      "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\nprint('not interrupted')\n")
-    run = subprocess.run([sys.executable, str(script)], text=True, capture_output=True, timeout=120,
+@pytest.mark.parametrize("script", ["bs_unlearn.py", "dev/grid.py", "elsewhere/eval.py"])
+def test_ctrl_c_while_starting_is_one_line(toy_cache, tmp_path, script):
+    # one of the scripts, interrupted while its imports run (before run_main is in place): one line, exit 130.
+    # A program of the user's that happens to be called eval.py keeps Python's own Ctrl-C.
+    path = os.path.join(str(tmp_path), "eval.py") if script.startswith("elsewhere") else os.path.join(ROOT, script)
+    code = (f"import os, signal, sys, time\nsys.argv = [{path!r}]\nsys.path.insert(0, {ROOT!r})\n"
+            "import plumbing\ntry:\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
+            "except KeyboardInterrupt:\n    print('my own handler')\n")
+    run = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True, timeout=120,
                          env=cli_env(toy_cache), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert (run.returncode, run.stdout, run.stderr) == (130, "", "interrupted while starting; nothing done\n")
+    if script.startswith("elsewhere"):
+        assert (run.returncode, run.stdout) == (0, "my own handler\n"), run.stderr
+    else:
+        assert (run.returncode, run.stdout, run.stderr) == (130, "", "interrupted while starting; nothing done\n")
 
 
 @pytest.mark.parametrize("script", ["bs_unlearn.py", "eval.py", "dev/grid.py"])
