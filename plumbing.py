@@ -320,8 +320,8 @@ def check_out_dir(out_dir, overwrite, inputs, problem=run_problem, what="run"):
     if os.path.isdir(out) and os.listdir(out):
         why = problem(out)
         if why:
-            fail(f"--out_dir {out_dir} {why}: --overwrite replaces only a finished {what}, so it is left as it "
-                 "is; choose another")
+            fail(f"--out_dir {out_dir} is not empty and {why}: --overwrite replaces only a finished {what}, so it "
+                 "is left as it is; choose another")
         if not overwrite:
             fail(f"--out_dir {out_dir} is not empty; pass --overwrite to replace the {what} in it, or choose "
                  "another")
