@@ -296,11 +296,10 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
     E[sum_i <t_i, log pi_theta(. | x, y_<i)>] = E[sum_i lam <q_i, log pi_theta> + (1 - lam) log pi_theta(y_i)].
     With lam = 0 it is exactly GA. (A label that is also in the top-k is pushed down by both terms.)"""
     ids, q = bst_beliefs(logits, k, temperature)  # (B, T-1, k) each
-    y = labels[:, 1:].clamp(min=0)  # (B, T-1); any id on the prompt and padding, masked below
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    picked = logp.gather(-1, torch.cat([ids, y.unsqueeze(-1)], -1))  # (B, T-1, k+1): one gather, both terms
-    on_beliefs = (q * picked[..., :-1]).sum(-1)  # <q_i, log pi_theta>  (B, T-1)
-    on_label = picked[..., -1]  # log pi_theta(y_i)  (B, T-1)
+    on_beliefs = (q * logp.gather(-1, ids)).sum(-1)  # <q_i, log pi_theta>  (B, T-1)
+    y = labels[:, 1:].clamp(min=0)  # (B, T-1); any id on the prompt and padding, masked below
+    on_label = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # log pi_theta(y_i)  (B, T-1)
     per_token = lam * on_beliefs + (1 - lam) * on_label
     return torch.where(labels[:, 1:] != -100, per_token, 0.0).sum(-1).mean()  # (not * mask: -inf * 0 is NaN)
 
