@@ -407,10 +407,7 @@ def sample_beliefs(model, tok, forget_examples, args, sampling_round=0):
     log-prob."""
     max_new = args.bss_max_new_tokens or max(len(e["input_ids"]) - e["prompt_len"] for e in forget_examples)
     prompts = [e["input_ids"][:e["prompt_len"]] for e in forget_examples]
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # (the global RNG: untouched)
-        # one random stream per (seed, round of sampling, rank); the rank is 0 in one process
-        torch.manual_seed(args.seed * 1000 + sampling_round + 1_000_003 * scaling.rank())
+    with scaling.seeded(args.seed * 1000 + sampling_round, model):  # a stream of its own (torchrun: per rank)
         samples = generate(model, tok, prompts, max_new, n=args.bss_n, do_sample=True,
                            temperature=args.bss_temp, batch_size=args.gen_batch_size)
     beliefs = [[dict(input_ids=p + s, labels=[-100] * len(p) + s, prompt_len=len(p)) for s in ss]

@@ -14,6 +14,7 @@ Under FSDP2 every forward and backward is a collective, so all ranks must run th
 helpers keep them in lockstep: `lockstep` (scoring batches), `over_ranks` (BS-S's belief chunks), and the
 synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
+import contextlib
 import copy
 import functools
 import os
@@ -132,6 +133,16 @@ def gather(fn, items):
     for r, part in enumerate(parts):
         out[r::world()] = part[:len(out[r::world()])]  # the padding's results are dropped
     return out
+
+
+@contextlib.contextmanager
+def seeded(seed, model):
+    """Random numbers from their own stream, seeded with `seed` on rank 0 (another on each other rank: their
+    beliefs differ), leaving the global random state (the training's) as it was."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + 1_000_003 * rank())
+        yield
 
 
 def _device():
