@@ -32,12 +32,11 @@ TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and Lo
 Departures from the paper and its public code (each explained where its code is, and in the README):
 1. BS-S keeps N beliefs per forget example (the public code reuses its first batch's samples for all).
 2. BS-S's base loss is BS-T; beliefs are sampled once, from the starting model (--bss_regen resamples).
-3. The beliefs are backpropagated in chunks (--bss_chunk), so memory does not grow with N.
-4. The log-prob losses sum over answer tokens and average over sequences, as the equations' log pi(y|x) does.
-5. NPO's reference log-probs are computed once, before training.
-6. The KL retain term is masked to the answer tokens.
-7. bf16 weights are stepped with stochastic rounding.
-8. A run whose retain term diverges stops and saves nothing.
+3. The log-prob losses sum over answer tokens and average over sequences, as the equations' log pi(y|x) does.
+4. NPO's reference log-probs are computed once, before training.
+5. The KL retain term is masked to the answer tokens.
+6. bf16 weights are stepped with stochastic rounding.
+7. A run whose retain term diverges stops and saves nothing.
 """
 import copy
 import math
@@ -108,7 +107,6 @@ def get_args(argv=None):
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
     p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
-    p.add_argument("--bss_chunk", type=count, default=32, help="beliefs per forward+backward (memory)")
     baselines.add_args(p)  # --wga_a, --simnpo_beta, --simnpo_delta, --rmu_layer, --rmu_c
     # system
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
@@ -305,8 +303,8 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
 
 
 def bss_loss(target_loss, belief_loss, lam=0.5):
-    """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default).
-    (micro_step backpropagates the belief term chunk by chunk first, so there it passes belief_loss detached.)"""
+    """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default) on the
+    targets and on their beliefs (a mean over sequences: over the N beliefs of every target at once)."""
     return (1 - lam) * target_loss + lam * belief_loss
 
 
@@ -481,31 +479,22 @@ def belief_round(args, step, micro, micro_per_epoch):
 
 def micro_step(model, tok, targets, beliefs, retain, args, ref_model=None):
     """One micro-step: the objective L = gamma * L_forget + alpha * L_retain on a batch of forget examples
-    (`targets`), for BS-S their `beliefs` (one list), and a batch of retain examples (None: no retain term),
-    backpropagated. Returns the two terms, detached, for the log."""
-    base = args.bss_base if args.method == "bs_s" else args.method  # BS-S: its base loss on targets and beliefs
-    if args.method == "bs_s":  # Eq. 7: L_forget = (1 - lam) * L(targets) + lam * mean_j L(belief_j)
-        # The belief term, mean_j L(belief_j) over the batch's beliefs (`mine`, sorted by length: less padding),
-        # is a weighted sum over chunks of --bss_chunk beliefs, sum_c w_c * L(chunk_c), w_c = |c| / |mine|
-        # (summing to 1). Gradients add, so each chunk's part of the objective (loss_part) is backpropagated at
-        # once and its graph freed: memory stays flat in N. The backward of `loss` below adds the rest of Eq. 7
-        # and the retain term (notebook 02, section 6, checks that the sum is Eq. 7's gradient).
-        mine = sorted(beliefs, key=lambda b: len(b["input_ids"]))
-        chunks = [mine[i:i + args.bss_chunk] for i in range(0, len(mine), args.bss_chunk)]
-        L_beliefs = 0.0
-        for chunk, w in scaling.over_ranks([(c, len(c) / len(mine)) for c in chunks], model):  # (K ranks)
-            L_chunk = forget_loss(model, make_batch(tok, chunk, model), base, args)
-            loss_part = args.gamma * args.bss_lambda * w * L_chunk  # this chunk's part of gamma * L_forget
-            (loss_part / args.grad_accum).backward()
-            L_beliefs += w * L_chunk.detach()
-    L_forget = forget_loss(model, make_batch(tok, targets, model), base, args)
-    if args.method == "bs_s":  # Eq. 7 (its belief term's gradient is in .grad already: detached here)
-        L_forget = bss_loss(L_forget, L_beliefs, args.bss_lambda)
+    (`targets`; for BS-S also their `beliefs`, one list) and a batch of retain examples (None: no retain
+    term), backpropagated. Returns the two terms, detached, for the log."""
+    if args.method == "bs_s":  # Eq. 7: the base loss on the targets and on their beliefs, weighed by lam
+        L_targets = forget_loss(model, make_batch(tok, targets, model), args.bss_base, args)
+        L_beliefs = forget_loss(model, make_batch(tok, beliefs, model), args.bss_base, args)
+        L_forget = bss_loss(L_targets, L_beliefs, args.bss_lambda)
+    else:
+        L_forget = forget_loss(model, make_batch(tok, targets, model), args.method, args)
     L_retain = torch.zeros(())  # (none with --alpha 0 or no retain data)
     if retain is not None:
         L_retain = retain_loss(model, make_batch(tok, retain, model), args, ref_model)
     loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
-    (loss / args.grad_accum).backward()  # .grad adds up the --grad_accum micro-steps' gradients
+    # .grad adds up the --grad_accum micro-steps' gradients. (BS-S holds (1 + N) * --batch_size sequences'
+    # activations until here: for less memory, a smaller --batch_size and a larger --grad_accum take the same
+    # steps)
+    (loss / args.grad_accum).backward()
     return L_forget.detach(), L_retain.detach()
 
 
@@ -530,8 +519,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         beliefs = sample_all_beliefs(model, tok, forget_ex, args)
         say(f"sampled {len(beliefs[0])} beliefs per forget question ({sum(map(len, beliefs))} in all) from the "
             f"starting model in {time.time() - t0:.1f} s")
-    if beliefs is not None and not all(beliefs):
-        fail("train: every forget example needs at least one belief (an empty list was handed in)")
+    if beliefs is not None and (len(beliefs) != len(forget_ex) or {len(b) for b in beliefs} != {len(beliefs[0])}
+                                or not beliefs[0]):
+        fail("train: every forget example needs the same number of beliefs, at least one (Eq. 7's N)")
     # NPO: pi_o's log-probs of the targets and beliefs, once, from the model itself (pi_o until its first step)
     if needs_ref_logps(args):
         attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)

@@ -10,9 +10,9 @@ differences from one process: a global batch that K does not divide is padded wi
 DistributedSampler does), and each rank samples BS-S's beliefs for its own share of the forget set, so
 they differ from a 1-process run's.
 
-Under FSDP2 every forward and backward is a collective, so all ranks must run the same number of them. Three
-helpers keep them in lockstep: `lockstep` (scoring batches), `over_ranks` (BS-S's belief chunks), and the
-synced generation that `fsdp` sets up; `fsdp` also frees the root's gathered weights after no-grad passes.
+Under FSDP2 every forward and backward is a collective, so all ranks must run the same number of them. A
+training micro-step runs the same forwards on every rank (equal shares); `lockstep` pads the scoring batches
+and `fsdp` sets up synced generation; `fsdp` also frees the root's gathered weights after no-grad passes.
 """
 import contextlib
 import copy
@@ -167,24 +167,10 @@ def lockstep(batches, model):
     return batches + batches[:1] * extra
 
 
-def over_ranks(weighted, model):
-    """BS-S's belief chunks, each with w_c = |c| / n_r, its weight in the mean over this rank's n_r beliefs,
-    reweighted for the mean over every rank's beliefs. In one process they come back as they are. On K ranks
-    with n beliefs in all, a chunk weighs w_c * K * n_r / n = K * |c| / n: sync_grads divides the ranks' summed
-    gradients by K. Under FSDP, extra chunks of weight 0 give every rank as many forwards as the busiest."""
-    n_r = sum(len(chunk) for chunk, _ in weighted)
-    sizes = counts(n_r)  # every rank's number of beliefs; [n_r] in one process
-    scale = len(sizes) * n_r / max(sum(sizes), 1)  # K * n_r / n: 1.0 in one process
-    out = [(chunk, w * scale) for chunk, w in weighted]
-    if is_sharded(model):
-        out += [(weighted[0][0], 0.0)] * (max(counts(len(weighted))) - len(weighted))
-    return out
-
-
 def sync_grads(model):
     """Average the gradients over the ranks, once per optimizer step (FSDP2 already did, in backward). Not DDP:
-    a step runs a different number of backward passes on each rank (BS-S's belief chunks), which DDP would try
-    to sync one by one, and the model stays a plain HF model (generate, save_pretrained)."""
+    one all-reduce per optimizer step, not per backward (--grad_accum's micro-steps), without DDP's no_sync,
+    and the model stays a plain HF model (generate, save_pretrained)."""
     if world() == 1 or is_sharded(model):
         return
     params = [p for p in model.parameters() if p.requires_grad]

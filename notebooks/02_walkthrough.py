@@ -260,9 +260,9 @@ claim("BS-T with lambda = 0 is exactly GA", torch.isclose(bst0, ga, atol=1e-5))
 # with $L$ a base loss: BS-T by default (the paper's best), $N = 3$, $\lambda = 0.5$, temperature 1, sampled
 # once from the starting model. `bs.sample_beliefs` keeps the $N$ samples *per forget example* (the public
 # code reused the first batch's samples for every batch). `bs.forget_loss(model, batch, method, args)` is
-# the forget term of any method on one batch (its forward included); BS-S applies its base method (`args.bss_base`) to the targets
-# and to the beliefs, and `bs.bss_loss` is the weighted sum. The training loop computes the same sum
-# chunk by chunk (`--bss_chunk`), so memory does not grow with $N$ (section 6 checks that it is the same).
+# the forget term of any method on one batch (its forward included); BS-S applies its base method
+# (`args.bss_base`) to the targets and to the beliefs, and `bs.bss_loss` is the weighted sum, as the training
+# loop computes it (section 6 checks that).
 
 # %%
 bss_args = bs.get_args(["--method", "bs_s"])
@@ -321,78 +321,42 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 # with AdamW. One optimizer step is `--grad_accum` micro-steps. For each, `train` draws a forget batch and a
 # retain batch and calls `bs.micro_step`, which computes the two terms, writes
 # `loss = args.gamma * L_forget + args.alpha * L_retain`, and calls `(loss / args.grad_accum).backward()` on
-# the next line. Gradients add up in `.grad`, so after the
-# last micro-step `.grad` holds the mean of the micro-steps' gradients; `opt.step()` applies it (after
-# clipping). For GA, NPO and BS-T, that one `.backward()` is all there is.
+# the next line. Gradients add up in `.grad`, so after the last micro-step `.grad` holds the mean of the
+# micro-steps' gradients; `opt.step()` applies it (after clipping).
 #
-# ### 6.1 BS-S: the beliefs go through in chunks
+# ### 6.1 BS-S's micro-step is Eq. 7
 #
 # For BS-S the forget term is Eq. 7,
 #
-# $$L_{\text{forget}} = (1 - \lambda)\, L(\text{targets}) + \lambda\, \frac{1}{n} \sum_{j=1}^{n}
+# $$L_{\text{forget}} = (1 - \lambda)\, L(\text{targets}) + \lambda\, \frac{1}{N} \sum_{j=1}^{N}
 # L(\hat y_j),$$
 #
-# with $L$ the base loss (BS-T) and the $n$ beliefs those of the batch's forget examples ($N$ each). One
-# forward over all $n$ beliefs would keep the activations of $n$ sequences until the backward, so memory
-# would grow with $N$ (the paper's authors ran out of it at $N = 10$). So `micro_step` sorts the beliefs by
-# length (less padding in a chunk), cuts them into chunks of at most `--bss_chunk`, and backpropagates
-# each chunk $c$ at once, with weight
+# with $L$ the base loss (BS-T) and $\hat y_j$ the $j$-th belief of each of the batch's forget examples.
+# `micro_step` runs the base loss twice, on the targets and on all their beliefs in one batch, and
+# `bs.bss_loss` mixes the two; that sum is `L_forget`, the one `loss` and its one `.backward()`. The base
+# loss is a mean over sequences, and every example has the same number of beliefs, so its value on all the
+# beliefs at once is the equation's $\frac{1}{N} \sum_j L(\hat y_j)$.
 #
-# $$\frac{\gamma\, \lambda\, w_c}{\text{grad\_accum}}, \qquad w_c = \frac{|c|}{n}, \qquad \sum_c w_c = 1.$$
+# Memory: until the backward, a BS-S micro-step holds the activations of $(1 + N)$ times `--batch_size`
+# sequences (plus the retain batch), so it grows with $N$ (the paper's authors ran out of it at $N = 10$).
+# Halving `--batch_size` and doubling `--grad_accum` halves that and takes the same optimizer steps: the
+# same examples go into each step, and the gradients of the micro-steps add up to the same mean.
 #
-# A chunk's backward frees its activations before the next chunk's forward, so the beliefs never hold more
-# than one chunk's activations at a time, whatever $N$ is. `micro_step` runs the chunks first, before the
-# targets' and the retain batch's forwards, so no other activations are held while they run. The base loss of
-# a chunk is a mean over its sequences, so weighing it by its share $|c| / n$ gives the mean over all $n$
-# beliefs: $\sum_c w_c\, L(c)$ is Eq. 7's belief term, and the chunks' gradients add up to its gradient. (A
-# plain mean of the chunks' losses would not be, when the last chunk is smaller.)
+# Under torchrun, `train` hands each rank an equal share of every batch (`scaling.shares`) and averages the
+# gradients over the ranks before clipping (`scaling.sync_grads`); `micro_step` is the same on every rank. A
+# plain `python bs_unlearn.py` run passes through none of that.
 #
-# Each chunk also adds `w * L_chunk.detach()` to `L_beliefs`. Then `bs.bss_loss(L_forget, L_beliefs, lam)`
-# mixes the targets' term with this detached belief term, as Eq. 7 does. Its value is Eq. 7's, so the
-# `forget` that the log shows is the real forget term. But no gradient flows through the detached part:
-# the final `.backward()` adds the gradients of the targets' term and of the retain term, since the
-# beliefs' gradient is already in `.grad`.
-#
-# `micro_step` cuts the chunks and weighs them in the file, $w_c = |c| / n$, then hands them to
-# `scaling.over_ranks`. `scaling.py` is where the distributed code lives, and `train` and `micro_step` reach
-# it through a few marked calls: this rank's share of each batch, the chunks' weights over the ranks, the
-# gradients' average over the ranks before clipping, and the logged numbers' average. Under torchrun, $n$
-# counts every rank's beliefs and each rank's weights sum to $K$, the number of ranks, because the ranks'
-# gradients are averaged; under FSDP, extra chunks of weight 0 keep the ranks in step. A plain `python
-# bs_unlearn.py` run passes through none of that: in one process each batch stays whole, `over_ranks` returns
-# the chunks as they are, and nothing is averaged.
-#
-# The check below cuts and weighs the chunks of 4 forget examples' beliefs (sampled in section 5.4) as
-# `micro_step` does. Three flags move from their defaults, so that no factor of a chunk's weight is 1:
-# `--bss_chunk 5` (chunks of unequal size), `--grad_accum 2` and `--gamma 0.5`.
+# The check: one BS-S micro-step, `bs.micro_step` itself, on a fresh copy of the starting model (4 forget
+# examples, their beliefs from section 5.4, 4 retain examples). Then the same objective written out here on
+# a second copy, with the belief term as the equation writes it, a mean over $j$ of the base loss on every
+# example's $j$-th belief, and a single `.backward()`. The two `.grad`s should agree up to float rounding.
+# Three flags move from their defaults so that no factor is 1: `--grad_accum 2`, `--gamma 0.5` and
+# `--bss_lambda 0.3`. The check runs in fp32 on the CPU (on a GPU, `bs.forward` computes in bf16).
 
 # %%
-import scaling
-
-step_args = bs.get_args(["--method", "bs_s", "--bss_chunk", "5", "--grad_accum", "2", "--gamma", "0.5"])
-idx = [0, 1, 2, 3]  # the forget examples of one batch
-mine = sorted([b for i in idx for b in beliefs[i]], key=lambda b: len(b["input_ids"]))  # as micro_step sorts them
-size = step_args.bss_chunk
-cut = [mine[i:i + size] for i in range(0, len(mine), size)]  # as micro_step cuts them
-chunks = scaling.over_ranks([(c, len(c) / len(mine)) for c in cut], base)  # and weighs them
-total_weight = sum(w for _, w in chunks)
-print(f"{len(mine)} beliefs in chunks of at most {step_args.bss_chunk}: "
-      f"sizes {[len(c) for c, _ in chunks]}, weights {[round(w, 4) for _, w in chunks]}, sum {total_weight}")
-claim("in one process the chunk weights sum to 1", abs(total_weight - 1) < 1e-12)
-
-# %% [markdown]
-# ### 6.2 Check: the chunks leave the gradient of Eq. 7
-#
-# Now one BS-S micro-step, `bs.micro_step` itself, the function `train` calls, on a fresh copy of the starting
-# model (4 forget examples, their beliefs, 4 retain examples). Then the same objective in one graph, on a
-# second copy: Eq. 7 with all the beliefs in one batch, plus the retain term, and a single `.backward()`. The
-# gradient of a sum is the sum of the gradients, so the two `.grad`s should agree up to float rounding: the
-# chunks change the order of the additions, not what is added. The check runs in fp32 on the CPU (on a GPU,
-# `bs.forward` computes in bf16).
-
-# %%
+step_args = bs.get_args(["--method", "bs_s", "--grad_accum", "2", "--gamma", "0.5", "--bss_lambda", "0.3"])
+idx, r_idx = [0, 1, 2, 3], [0, 1, 2, 3]  # the forget and retain examples of one micro-step
 retain_ex = bs.encode_rows(tok, retain_rows)
-r_idx = [0, 1, 2, 3]  # the retain examples paired with this forget batch
 
 
 def flat_grad(model):
@@ -401,38 +365,35 @@ def flat_grad(model):
 
 
 fp32_start = copy.deepcopy(base).cpu().train()  # the starting model in fp32 on the CPU, in train mode as train
-chunked = copy.deepcopy(fp32_start)
+stepped = copy.deepcopy(fp32_start)
 targets, their_beliefs = [forget_ex[i] for i in idx], [b for i in idx for b in beliefs[i]]
-L_forget, L_retain = bs.micro_step(chunked, tok, targets, their_beliefs, [retain_ex[i] for i in r_idx], step_args)
-L_forget = L_forget.item()
-grad_chunked = flat_grad(chunked)
-with torch.no_grad():  # each chunk's base loss, to look at (micro_step computes these and backpropagates them)
-    parts = [(w, bs.forget_loss(fp32_start, bs.make_batch(tok, c, fp32_start), step_args.bss_base,
-                                step_args).item()) for c, w in chunks]
+L_forget, L_retain = bs.micro_step(stepped, tok, targets, their_beliefs, [retain_ex[i] for i in r_idx], step_args)
+grad_stepped = flat_grad(stepped)
 
-one_graph = copy.deepcopy(fp32_start)  # Eq. 7 as written: all beliefs in one batch, one backward
-t_batch = bs.make_batch(tok, [forget_ex[i] for i in idx], one_graph)
-b_batch = bs.make_batch(tok, [b for i in idx for b in beliefs[i]], one_graph)
-r_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], one_graph)
-L_targets = bs.forget_loss(one_graph, t_batch, step_args.bss_base, step_args)
-L_all_beliefs = bs.forget_loss(one_graph, b_batch, step_args.bss_base, step_args)
-eq7 = bs.bss_loss(L_targets, L_all_beliefs, step_args.bss_lambda)
-L_r = bs.retain_loss(one_graph, r_batch, step_args)
+by_hand = copy.deepcopy(fp32_start)  # Eq. 7 as written: (1 - lam) L(targets) + lam * (1/N) sum_j L(belief_j)
+
+
+def base_loss(examples):
+    return bs.forget_loss(by_hand, bs.make_batch(tok, examples, by_hand), step_args.bss_base, step_args)
+
+
+lam, N = step_args.bss_lambda, step_args.bss_n
+L_j = [base_loss([beliefs[i][j] for i in idx]) for j in range(N)]  # the j-th belief of every example
+eq7 = (1 - lam) * base_loss(targets) + lam * sum(L_j) / N
+r_batch = bs.make_batch(tok, [retain_ex[i] for i in r_idx], by_hand)
+L_r = bs.nll_loss(bs.forward(by_hand, r_batch), r_batch["labels"])
 objective = step_args.gamma * eq7 + step_args.alpha * L_r
 (objective / step_args.grad_accum).backward()
-grad_one = flat_grad(one_graph)
+grad_by_hand = flat_grad(by_hand)
 
-print("chunks' base losses (and weights):", ", ".join(f"{l:.4f} ({w:.4f})" for w, l in parts))
-print(f"belief term: the chunks weighted by |c| / n {sum(w * l for w, l in parts):.4f}; "
-      f"all beliefs in one batch {L_all_beliefs.item():.4f}; "
-      f"a plain mean of the chunks would give {np.mean([l for _, l in parts]):.4f}")
-print(f"forget term: as the micro-step logs it {L_forget:.6f}; Eq. 7 in one graph {eq7.item():.6f}")
-diff, scale = (grad_chunked - grad_one).abs().max().item(), grad_one.abs().max().item()
-print(f"gradient ({grad_one.numel()} numbers): largest |difference| {diff:.2e}, largest |entry| {scale:.2e}, "
-      f"ratio {diff / scale:.1e}")
+print("base loss on each example's j-th belief:", ", ".join(f"j={j + 1}: {l.item():.4f}" for j, l in enumerate(L_j)))
+print(f"forget term: as the micro-step logs it {L_forget.item():.6f}; Eq. 7 by hand {eq7.item():.6f}")
+diff, scale = (grad_stepped - grad_by_hand).abs().max().item(), grad_by_hand.abs().max().item()
+print(f"gradient ({grad_by_hand.numel()} numbers): largest |difference| {diff:.2e}, largest |entry| "
+      f"{scale:.2e}, ratio {diff / scale:.1e}")
 claim("the forget term that the micro-step logs is Eq. 7's value",
-      abs(L_forget - eq7.item()) < 1e-5 * abs(eq7.item()))
-claim("the gradient the chunked micro-step leaves in .grad is that of Eq. 7's objective in one graph "
+      abs(L_forget.item() - eq7.item()) < 1e-5 * abs(eq7.item()))
+claim("the gradient the micro-step leaves in .grad is that of gamma * Eq. 7 + alpha * the retain NLL "
       "(largest difference under 1e-5 of its largest entry)", diff < 1e-5 * scale)
 
 # %% [markdown]
@@ -440,7 +401,7 @@ claim("the gradient the chunked micro-step leaves in .grad is that of Eq. 7's ob
 #
 # `bs.train(model, tok, forget_ex, retain_ex, args)` runs AdamW with a linear warmup and decay. For BS-S it
 # first samples the beliefs from the starting model, as section 5.4 did (one line says how many). Each step
-# pairs a forget batch (for BS-S: the targets, then their beliefs in chunks) with a retain batch, and
+# pairs a forget batch (for BS-S: the targets and their beliefs) with a retain batch, and
 # logs the two terms separately: one line per step on stdout, the same numbers as JSON lines in `log_path`.
 # Once an epoch it prints the greedy answer to one forget and one retain question. Here is BS-S at the
 # defaults: 10 epochs of 4 steps.

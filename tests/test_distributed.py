@@ -29,10 +29,10 @@ B = 4  # per rank; the one-process run takes 2 * B
 N_FORGET = 2 * B  # one global batch: one step per epoch
 CASES = {  # name: (bs_unlearn flags, fsdp)
     "ga": (["--method", "ga"], False),
-    "bs_s": (["--method", "bs_s", "--bss_chunk", "5"], False),
+    "bs_s": (["--method", "bs_s"], False),
     "npo_kl": (["--method", "npo", "--retain_loss", "kl"], False),
     "ga_fsdp": (["--method", "ga"], True),
-    "bs_s_fsdp": (["--method", "bs_s", "--bss_chunk", "5"], True),
+    "bs_s_fsdp": (["--method", "bs_s"], True),
     "npo_kl_fsdp": (["--method", "npo", "--retain_loss", "kl"], True),
     "rmu": (["--method", "rmu"], False),  # hidden states, and the frozen model's for its retain term
     "rmu_fsdp": (["--method", "rmu"], True),
@@ -107,7 +107,6 @@ def two_ranks(toy_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     model0, tok, forget_ex, retain_ex = toy_setup(toy_cache[0])
     beliefs = bs.sample_beliefs(model0, tok, forget_ex, step_args(["--method", "bs_s"], 2 * B))
-    beliefs[0] = beliefs[0][:1]  # the ranks then hold different numbers of beliefs (and of chunks of 5)
     torch.save(beliefs, out / "beliefs.pt")
     run = torchrun(os.path.abspath(__file__), str(out), cache=toy_cache[0])
     if run.returncode:
@@ -163,22 +162,6 @@ def test_share_and_gather_pad_unequal_splits(monkeypatch):
         out[:] = parts
     monkeypatch.setattr(scaling.dist, "all_gather_object", fake_all_gather)
     assert scaling.gather(lambda xs: [x.upper() for x in xs], items) == list("ABCDE")
-
-
-def test_over_ranks_weighs_chunks_in_the_mean_over_every_rank(monkeypatch):
-    # this rank: 7 beliefs in chunks of 5 and 2, weighed 5/7 and 2/7 in its own mean; the other rank has 12 in
-    # 3 chunks. In one process the chunks come back as they are; on 2 ranks a chunk weighs 2 |c| / 19, so each
-    # rank's weights sum to 2 * n_r / 19 and all of them to K = 2; under FSDP a third chunk of weight 0 follows
-    chunks = [list("abcde"), list("fg")]
-    weighted = [(c, len(c) / 7) for c in chunks]
-    monkeypatch.setattr(scaling, "is_sharded", lambda model: False)
-    assert scaling.over_ranks(weighted, None) == weighted and scaling.over_ranks([], None) == []
-    monkeypatch.setattr(scaling, "counts", lambda n: {7: [12, 7], 2: [3, 2]}[n])  # every rank's n: beliefs, chunks
-    out = scaling.over_ranks(weighted, None)
-    assert [c for c, _ in out] == chunks and [w for _, w in out] == pytest.approx([10 / 19, 4 / 19])
-    monkeypatch.setattr(scaling, "is_sharded", lambda model: True)
-    out = scaling.over_ranks(weighted, None)
-    assert [w for _, w in out] == pytest.approx([10 / 19, 4 / 19, 0.0]) and out[2][0] == chunks[0]
 
 
 def test_sync_grads_leaves_untouched_parameters_out(monkeypatch):
