@@ -531,10 +531,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     beliefs_round = 0  # the round of sampling that `beliefs` holds (--bss_regen adds rounds)
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
-    # stops on NaN or inf, and on a retain term risen above its first step's by more than ln V nats per answer
-    # token, worse than a uniform guess over the vocabulary: a broken model is not saved (not for RMU's retain
-    # term, a distance, nor with --allow_divergence)
-    watch_retain = use_retain and args.retain_loss != "embed" and not args.allow_divergence
+    # a run that goes NaN or diverges (its retain term worse than a uniform guess: StepCheck) stops, unsaved
+    watch_retain = use_retain and args.retain_loss != "embed" and not args.allow_divergence  # (RMU's: a distance)
     check = StepCheck(len(tok), retain_ex if watch_retain else [])
     opt = make_optimizer(model, args)
     # index batches, reshuffled every epoch (one process: the batches themselves; K ranks: this rank's share)
