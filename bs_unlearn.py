@@ -348,20 +348,6 @@ def retain_loss(model, batch, args, ref_model=None):
     return nll_loss(logits, batch["labels"])
 
 
-def needs_ref_logps(args):
-    """NPO (alone or as BS-S's base) compares with the starting model's log-probs: a number per example,
-    computed once before training (attach_ref_logps; the public code runs the frozen reference model at every
-    step for the same numbers)."""
-    return args.method == "npo" or (args.method == "bs_s" and args.bss_base == "npo")
-
-
-def needs_ref_model(args):
-    """Whether training needs the frozen starting model pi_o itself, after its first step: for the KL or
-    hidden-state retain term, or for NPO's log-probs of beliefs resampled mid-training."""
-    retain_on_ref = args.alpha > 0 and args.retain_loss in ("kl", "embed") and args.method != "finetune"
-    return retain_on_ref or (needs_ref_logps(args) and args.bss_regen > 0)
-
-
 # -----------------------------------------------------------------------------------------------------
 # Belief sampling (BS-S): the model's own answers to the forget prompts
 
@@ -426,13 +412,42 @@ def sample_all_beliefs(model, tok, forget_examples, args, sampling_round=0):
     return scaling.gather(sample, forget_examples)  # in one process: sample(forget_examples)
 
 
+# -----------------------------------------------------------------------------------------------------
+# pi_o, the frozen starting model: NPO compares with its log-probs, the KL and RMU retain terms with its outputs
+
+
+def needs_ref_logps(args):
+    """NPO (alone or as BS-S's base) compares with pi_o's log-probs: a number per example, computed once before
+    training (the public code runs the frozen reference model at every step for the same numbers)."""
+    return args.method == "npo" or (args.method == "bs_s" and args.bss_base == "npo")
+
+
+def needs_ref_model(args):
+    """Whether training needs pi_o itself after its first step, when the model being trained no longer is
+    pi_o: for the KL or hidden-state retain term, or for NPO's log-probs of beliefs resampled mid-training."""
+    retain_on_ref = args.alpha > 0 and args.retain_loss in ("kl", "embed") and args.method != "finetune"
+    return retain_on_ref or (needs_ref_logps(args) and args.bss_regen > 0)
+
+
 def attach_ref_logps(start_model, tok, examples, batch_size=64):
-    """NPO's log pi_o(y|x) for each example, under the starting model (the model itself before its first step,
-    or the frozen copy), computed once. (On torchrun's ranks each scores its share; all get every example's.)"""
+    """NPO's log pi_o(y|x) for each example, stored on it (collate makes them batch["ref_logps"]).
+    (On torchrun's ranks each scores its share; all get every example's.)"""
     def ref_logps(part):
         return score(start_model, tok, part, batch_size)["logp"].tolist()
     for e, lp in zip(examples, scaling.gather(ref_logps, examples)):
         e["ref_logp"] = lp
+
+
+def set_up_reference(model, tok, examples, args, ref_model=None):
+    """pi_o in the two forms training uses, before the first step: NPO's log-probs of `examples` (targets and
+    beliefs), scored now from `model`, which is pi_o until it takes a step; and pi_o itself where
+    needs_ref_model says so, returned: the ref_model handed in (main's, from scaling.wrap: a frozen copy, or
+    with LoRA the model with its adapters off), else a frozen copy made here. None where no term needs it."""
+    if needs_ref_logps(args):
+        attach_ref_logps(model, tok, examples, args.gen_batch_size)
+    if ref_model is None and needs_ref_model(args):
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    return ref_model
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -522,13 +537,8 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
     if beliefs is not None and (len(beliefs) != len(forget_ex) or {len(b) for b in beliefs} != {len(beliefs[0])}
                                 or not beliefs[0]):
         fail("train: every forget example needs the same number of beliefs, at least one (Eq. 7's N)")
-    # NPO: pi_o's log-probs of the targets and beliefs, once, from the model itself (pi_o until its first step)
-    if needs_ref_logps(args):
-        attach_ref_logps(model, tok, forget_ex + flatten(beliefs or []), args.gen_batch_size)
-    # pi_o itself, where training needs it after its first step (see needs_ref_model): main hands it in (from
-    # scaling.wrap); a direct call gets a frozen copy here
-    if ref_model is None and needs_ref_model(args):
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    # pi_o: NPO's log-probs of the targets and beliefs, scored now; pi_o itself, if a term needs it later
+    ref_model = set_up_reference(model, tok, forget_ex + flatten(beliefs or []), args, ref_model)
     beliefs_round = 0  # the round of sampling that `beliefs` holds (--bss_regen adds rounds)
     use_retain = args.alpha > 0 and len(retain_ex) > 0 and args.method != "finetune"
     # a run that goes NaN or diverges (its retain term worse than a uniform guess: StepCheck) stops, unsaved
