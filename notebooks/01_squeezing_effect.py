@@ -370,8 +370,6 @@ def unlearn(method, seed, probe_every=2, eval_every=4):
     model = copy.deepcopy(w["base"])
     args = bs.get_args(["--method", method, "--seed", str(seed)])
     forget_ex, retain_ex = bs.encode_rows(tok, forget_rows), bs.encode_rows(tok, retain_rows)
-    if bs.needs_ref_logps(args):
-        bs.attach_ref_logps(model, tok, forget_ex)  # NPO's frozen reference log-probs, from the starting model
     rec = dict(probe={0: w["start_probe"]}, evals={0: w["start_eval"]}, steps=0)
 
     def after_step(optimizer, *_):

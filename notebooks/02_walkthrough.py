@@ -415,8 +415,6 @@ def unlearn(method, start=base, seed=0, log_path=None, show_steps=False):
     model = copy.deepcopy(start)
     run_args = bs.get_args(["--method", method, "--seed", str(seed)])
     f_ex, r_ex = bs.encode_rows(tok, forget_rows), bs.encode_rows(tok, retain_rows)
-    if bs.needs_ref_logps(run_args):
-        bs.attach_ref_logps(model, tok, f_ex)
     with contextlib.nullcontext() if show_steps else bs.quiet():
         bs.train(model, tok, f_ex, r_ex, run_args, log_path=log_path)
     return model
