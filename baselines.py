@@ -15,7 +15,7 @@ rmu_retain (--retain_loss embed, RMU's default).
            L_forget = E[ mean over answer tokens of mean_d (h_L(x_u) - c u)^2 ]
            L_retain = E[ mean over answer tokens of mean_d (h_L(x_r) - h_L^o(x_r))^2 ]   layer 7 of 16, c = 2
            u is torch.rand, normalised; every weight trains (open-unlearning's TOFU setting).
-Units (the README's choice 3): WGA sums over answer tokens like GA (open-unlearning takes a token mean, for
+Units (the README's choice 4): WGA sums over answer tokens like GA (open-unlearning takes a token mean, for
 its retain NLL too, so the balance of the two terms is the same). SimNPO, like NPO, is one number per
 sequence, while the retain NLL here is a sum over the answer's tokens, so against open-unlearning (token-mean
 retain NLL) its retain term weighs about |y_r| times more at the same gamma and alpha. RMU's terms are

@@ -32,11 +32,12 @@ TOFU with the paper's models and settings, several GPUs (torchrun, FSDP2) and Lo
 Departures from the paper and its public code (each explained where its code is, and in the README):
 1. BS-S keeps N beliefs per forget example (the public code reuses its first batch's samples for all).
 2. BS-S's base loss is BS-T; beliefs are sampled once, from the starting model (--bss_regen resamples).
-3. The log-prob losses sum over answer tokens and average over sequences, as the equations' log pi(y|x) does.
-4. NPO's reference log-probs are computed once, before training.
-5. The KL retain term is masked to the answer tokens.
-6. bf16 weights are stepped with stochastic rounding.
-7. A run whose retain term diverges stops and saves nothing.
+3. The beliefs go through the model in chunks (--bss_chunk), so memory does not grow with N.
+4. The log-prob losses sum over answer tokens and average over sequences, as the equations' log pi(y|x) does.
+5. NPO's reference log-probs are computed once, before training.
+6. The KL retain term is masked to the answer tokens.
+7. bf16 weights are stepped with stochastic rounding.
+8. A run whose retain term diverges stops and saves nothing.
 """
 import copy
 import math
@@ -52,6 +53,7 @@ from plumbing import (Parser, StepCheck, StepLog, atomic_dir, autocast, check_le
                       read_rows, run_dir, run_main, save_model, save_run, say)
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import baselines  # the other rows of the paper's Table 1: WGA, SimNPO, RMU
 import scaling  # torchrun's ranks and FSDP2, LoRA: a few marked calls, each the plain step in one process
@@ -107,6 +109,7 @@ def get_args(argv=None):
     p.add_argument("--bss_temp", type=positive, default=1.0, help="sampling temperature")
     p.add_argument("--bss_max_new_tokens", type=number(int, 0), default=0, help="0: the longest target")
     p.add_argument("--bss_regen", type=number(float, 0), default=0, help="resample every R epochs (0: never)")
+    p.add_argument("--bss_chunk", type=count, default=32, help="beliefs per forward (memory; see belief_term)")
     baselines.add_args(p)  # --wga_a, --simnpo_beta, --simnpo_delta, --rmu_layer, --rmu_c
     # system
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu")
@@ -304,7 +307,7 @@ def bst_loss(logits, labels, k=20, lam=0.2, temperature=1.0):
 
 def bss_loss(target_loss, belief_loss, lam=0.5):
     """Eq. 7, BS-S: (1 - lam) L(D_u) + lam * mean_j L(D^_u,j), with L the base loss (BS-T by default) on the
-    targets and on their beliefs (a mean over sequences: over the N beliefs of every target at once)."""
+    targets and on their beliefs (belief_term computes the second)."""
     return (1 - lam) * target_loss + lam * belief_loss
 
 
@@ -439,10 +442,9 @@ def attach_ref_logps(start_model, tok, examples, batch_size=64):
 
 
 def set_up_reference(model, tok, examples, args, ref_model=None):
-    """pi_o in the two forms training uses, before the first step: NPO's log-probs of `examples` (targets and
-    beliefs), scored now from `model`, which is pi_o until it takes a step; and pi_o itself where
-    needs_ref_model says so, returned: the ref_model handed in (main's, from scaling.wrap: a frozen copy, or
-    with LoRA the model with its adapters off), else a frozen copy made here. None where no term needs it."""
+    """pi_o in the two forms training uses. NPO's log-probs of `examples` (targets and beliefs) are scored now,
+    from `model`, which is pi_o until its first step. pi_o itself is returned where needs_ref_model says a term
+    needs it: the ref_model handed in (main's, from scaling.wrap), else a frozen copy made here; else None."""
     if needs_ref_logps(args):
         attach_ref_logps(model, tok, examples, args.gen_batch_size)
     if ref_model is None and needs_ref_model(args):
@@ -492,13 +494,28 @@ def belief_round(args, step, micro, micro_per_epoch):
     return int(epoch // args.bss_regen) if args.bss_regen else 0
 
 
+def belief_term(model, tok, beliefs, args):
+    """Eq. 7's belief term, mean_j L(belief_j): the base loss over all of a batch's beliefs, N per target. Past
+    --bss_chunk beliefs, as the mean of chunks of them, each weighed by its share |c| / n (the weights sum to 1),
+    and each under activation checkpointing: its activations are dropped after its forward and recomputed in
+    the backward, so memory holds one chunk's at a time, whatever N is (the paper's N = 10 ran out of memory for
+    its authors). The cost: one more forward per chunk."""
+    def L(chunk):
+        return forget_loss(model, make_batch(tok, chunk, model), args.bss_base, args)
+    if len(beliefs) <= args.bss_chunk:
+        return L(beliefs)
+    beliefs = sorted(beliefs, key=lambda b: len(b["input_ids"]))  # (alike lengths in a chunk: less padding)
+    chunks = [beliefs[i:i + args.bss_chunk] for i in range(0, len(beliefs), args.bss_chunk)]
+    return sum(len(c) / len(beliefs) * checkpoint(L, c, use_reentrant=False) for c in chunks)
+
+
 def micro_step(model, tok, targets, beliefs, retain, args, ref_model=None):
     """One micro-step: the objective L = gamma * L_forget + alpha * L_retain on a batch of forget examples
     (`targets`; for BS-S also their `beliefs`, one list) and a batch of retain examples (None: no retain
     term), backpropagated. Returns the two terms, detached, for the log."""
     if args.method == "bs_s":  # Eq. 7: the base loss on the targets and on their beliefs, weighed by lam
         L_targets = forget_loss(model, make_batch(tok, targets, model), args.bss_base, args)
-        L_beliefs = forget_loss(model, make_batch(tok, beliefs, model), args.bss_base, args)
+        L_beliefs = belief_term(model, tok, beliefs, args)  # mean_j L(belief_j), in chunks
         L_forget = bss_loss(L_targets, L_beliefs, args.bss_lambda)
     else:
         L_forget = forget_loss(model, make_batch(tok, targets, model), args.method, args)
@@ -506,10 +523,7 @@ def micro_step(model, tok, targets, beliefs, retain, args, ref_model=None):
     if retain is not None:
         L_retain = retain_loss(model, make_batch(tok, retain, model), args, ref_model)
     loss = args.gamma * L_forget + args.alpha * L_retain  # the objective
-    # .grad adds up the --grad_accum micro-steps' gradients. (BS-S holds (1 + N) * --batch_size sequences'
-    # activations until here: for less memory, a smaller --batch_size and a larger --grad_accum take the same
-    # steps)
-    (loss / args.grad_accum).backward()
+    (loss / args.grad_accum).backward()  # .grad adds up the --grad_accum micro-steps' gradients
     return L_forget.detach(), L_retain.detach()
 
 
@@ -534,9 +548,9 @@ def train(model, tok, forget_ex, retain_ex, args, ref_model=None, log_path=None,
         beliefs = sample_all_beliefs(model, tok, forget_ex, args)
         say(f"sampled {len(beliefs[0])} beliefs per forget question ({sum(map(len, beliefs))} in all) from the "
             f"starting model in {time.time() - t0:.1f} s")
-    if beliefs is not None and (len(beliefs) != len(forget_ex) or {len(b) for b in beliefs} != {len(beliefs[0])}
+    if beliefs is not None and (len(beliefs) != len(forget_ex) or len({len(b) for b in beliefs}) != 1
                                 or not beliefs[0]):
-        fail("train: every forget example needs the same number of beliefs, at least one (Eq. 7's N)")
+        fail("train: BS-S needs a list of beliefs per forget example, N >= 1 in each, the same N for all (Eq. 7)")
     # pi_o: NPO's log-probs of the targets and beliefs, scored now; pi_o itself, if a term needs it later
     ref_model = set_up_reference(model, tok, forget_ex + flatten(beliefs or []), args, ref_model)
     beliefs_round = 0  # the round of sampling that `beliefs` holds (--bss_regen adds rounds)

@@ -622,7 +622,7 @@ def run_main(main, after_interrupt="nothing saved"):
         print(f"interrupted{where}; {after_interrupt}", file=sys.stderr)
         sys.exit(130)
     except (torch.OutOfMemoryError, MemoryError):
-        fail("out of memory; try a smaller --batch_size (and a larger --grad_accum) or --gen_batch_size")
+        fail("out of memory; try a smaller --batch_size, --bss_chunk or --gen_batch_size")
     except OSError as e:  # a full disk, a vanished folder, a device error
         where = f" ({_shown(e.filename)})" if e.filename else ""
         fail(f"{e.strerror or first_line(e)}{where}" + ("; free some space" if e.errno == errno.ENOSPC else ""))

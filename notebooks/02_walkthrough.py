@@ -332,29 +332,35 @@ print("   (bs_s: its base's value on the targets, mixed with the same on the bel
 # L(\hat y_j),$$
 #
 # with $L$ the base loss (BS-T) and $\hat y_j$ the $j$-th belief of each of the batch's forget examples.
-# `micro_step` runs the base loss twice, on the targets and on all their beliefs in one batch, and
-# `bs.bss_loss` mixes the two; that sum is `L_forget`, the one `loss` and its one `.backward()`. The base
+# `micro_step` runs the base loss on the targets and, through `bs.belief_term`, on all their beliefs, and
+# `bs.bss_loss` mixes the two; that sum is `L_forget`, in the one `loss` and its one `.backward()`. The base
 # loss is a mean over sequences, and every example has the same number of beliefs, so its value on all the
 # beliefs at once is the equation's $\frac{1}{N} \sum_j L(\hat y_j)$.
 #
-# Memory: until the backward, a BS-S micro-step holds the activations of $(1 + N)$ times `--batch_size`
-# sequences (plus the retain batch), so it grows with $N$ (the paper's authors ran out of it at $N = 10$).
-# Halving `--batch_size` and doubling `--grad_accum` halves that and takes the same optimizer steps: the
-# same examples go into each step, and the gradients of the micro-steps add up to the same mean.
+# Memory: one forward over all $n$ beliefs would keep the activations of $n$ sequences until the backward, so
+# memory would grow with $N$ (the paper's authors ran out of it at $N = 10$). So past `--bss_chunk` beliefs,
+# `belief_term` cuts them into chunks $c$ and returns $\sum_c w_c\, L(c)$ with $w_c = |c| / n$: each chunk's
+# loss is a mean over its sequences, so weighing it by its share gives the mean over all $n$ (a plain mean of
+# the chunks' losses would not be, when the last chunk is smaller). Each chunk runs under activation
+# checkpointing (`torch.utils.checkpoint`): its activations are dropped after its forward and recomputed
+# during the backward, one chunk at a time. Eq. 7 stays one expression with one backward, and memory stays
+# flat in $N$, at the price of one more forward per chunk.
 #
-# Under torchrun, `train` hands each rank an equal share of every batch (`scaling.shares`) and averages the
-# gradients over the ranks before clipping (`scaling.sync_grads`); `micro_step` is the same on every rank. A
+# Under torchrun, `train` hands each rank an equal share of every batch (`scaling.shares`), so every rank
+# runs the same chunks, and averages the gradients over the ranks before clipping (`scaling.sync_grads`). A
 # plain `python bs_unlearn.py` run passes through none of that.
 #
 # The check: one BS-S micro-step, `bs.micro_step` itself, on a fresh copy of the starting model (4 forget
 # examples, their beliefs from section 5.4, 4 retain examples). Then the same objective written out here on
 # a second copy, with the belief term as the equation writes it, a mean over $j$ of the base loss on every
-# example's $j$-th belief, and a single `.backward()`. The two `.grad`s should agree up to float rounding.
-# Three flags move from their defaults so that no factor is 1: `--grad_accum 2`, `--gamma 0.5` and
+# example's $j$-th belief, no chunks, and a single `.backward()`. The two `.grad`s should agree up to float
+# rounding. Four flags move from their defaults so that no factor is 1 and the chunks are unequal:
+# `--bss_chunk 5` (the 12 beliefs go in chunks of 5, 5 and 2), `--grad_accum 2`, `--gamma 0.5` and
 # `--bss_lambda 0.3`. The check runs in fp32 on the CPU (on a GPU, `bs.forward` computes in bf16).
 
 # %%
-step_args = bs.get_args(["--method", "bs_s", "--grad_accum", "2", "--gamma", "0.5", "--bss_lambda", "0.3"])
+step_args = bs.get_args(["--method", "bs_s", "--bss_chunk", "5", "--grad_accum", "2", "--gamma", "0.5",
+                         "--bss_lambda", "0.3"])
 idx, r_idx = [0, 1, 2, 3], [0, 1, 2, 3]  # the forget and retain examples of one micro-step
 retain_ex = bs.encode_rows(tok, retain_rows)
 
@@ -369,6 +375,9 @@ stepped = copy.deepcopy(fp32_start)
 targets, their_beliefs = [forget_ex[i] for i in idx], [b for i in idx for b in beliefs[i]]
 L_forget, L_retain = bs.micro_step(stepped, tok, targets, their_beliefs, [retain_ex[i] for i in r_idx], step_args)
 grad_stepped = flat_grad(stepped)
+n, size = len(their_beliefs), step_args.bss_chunk
+sizes = [min(size, n - i) for i in range(0, n, size)]
+print(f"belief_term: {n} beliefs in chunks of {sizes}, weighed " + ", ".join(f"{c}/{n}" for c in sizes) + " (sum 1)")
 
 by_hand = copy.deepcopy(fp32_start)  # Eq. 7 as written: (1 - lam) L(targets) + lam * (1/N) sum_j L(belief_j)
 

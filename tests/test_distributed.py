@@ -29,10 +29,10 @@ B = 4  # per rank; the one-process run takes 2 * B
 N_FORGET = 2 * B  # one global batch: one step per epoch
 CASES = {  # name: (bs_unlearn flags, fsdp)
     "ga": (["--method", "ga"], False),
-    "bs_s": (["--method", "bs_s"], False),
+    "bs_s": (["--method", "bs_s", "--bss_chunk", "5"], False),
     "npo_kl": (["--method", "npo", "--retain_loss", "kl"], False),
     "ga_fsdp": (["--method", "ga"], True),
-    "bs_s_fsdp": (["--method", "bs_s"], True),
+    "bs_s_fsdp": (["--method", "bs_s", "--bss_chunk", "5"], True),  # (checkpointed chunks)
     "npo_kl_fsdp": (["--method", "npo", "--retain_loss", "kl"], True),
     "rmu": (["--method", "rmu"], False),  # hidden states, and the frozen model's for its retain term
     "rmu_fsdp": (["--method", "rmu"], True),

@@ -47,7 +47,7 @@ def quick_run(toy_cache, out, *extra):
     ("--lr", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "inf"), ("--epochs", "0"), ("--epochs", "-3"),
     ("--batch_size", "0"), ("--grad_accum", "0"), ("--max_grad_norm", "0"), ("--warmup_epochs", "-1"),
     ("--npo_beta", "0"), ("--bst_topk", "0"), ("--bst_lambda", "1.5"), ("--bss_lambda", "-0.1"),
-    ("--bst_temp", "0"), ("--bss_n", "0"), ("--bss_keep", "-1"),
+    ("--bst_temp", "0"), ("--bss_n", "0"), ("--bss_keep", "-1"), ("--bss_chunk", "0"),
     ("--gen_batch_size", "0"), ("--alpha", "-1"), ("--bss_regen", "nan"), ("--batch_size", "2.5")])
 def test_numeric_flags_are_range_checked(tmp_path, flag, value):
     out = tmp_path / "runs" / "x"
