@@ -499,14 +499,14 @@ def belief_term(model, tok, beliefs, args):
     --bss_chunk beliefs, as the mean of chunks of them, each weighed by its share |c| / n (the weights sum to 1),
     and each under activation checkpointing: its activations are dropped after its forward and recomputed in
     the backward, so memory holds one chunk's at a time, whatever N is (the paper's N = 10 ran out of memory for
-    its authors). The cost: one more forward per chunk."""
-    def L(chunk):
-        return forget_loss(model, make_batch(tok, chunk, model), args.bss_base, args)
+    its authors). The cost: one more forward per chunk (see scaling.fsdp for what it does under FSDP)."""
+    def L(batch):
+        return forget_loss(model, batch, args.bss_base, args)
     if len(beliefs) <= args.bss_chunk:
-        return L(beliefs)
+        return L(make_batch(tok, beliefs, model))
     beliefs = sorted(beliefs, key=lambda b: len(b["input_ids"]))  # (alike lengths in a chunk: less padding)
     chunks = [beliefs[i:i + args.bss_chunk] for i in range(0, len(beliefs), args.bss_chunk)]
-    return sum(len(c) / len(beliefs) * checkpoint(L, c, use_reentrant=False) for c in chunks)
+    return sum(len(c) / len(beliefs) * checkpoint(L, make_batch(tok, c, model), use_reentrant=False) for c in chunks)
 
 
 def micro_step(model, tok, targets, beliefs, retain, args, ref_model=None):

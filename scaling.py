@@ -93,10 +93,19 @@ def fsdp(model):
     - the root keeps its weights gathered after a forward, and after a no-grad one (scoring, generating) no
       backward frees them: the next training step's gradients for them (embeddings, final norm, head) then
       came out wrong in our tests (torch 2.13, gloo). So a no-grad forward frees them at once (generation
-      gathers them again at each token, as FSDP does for every decoder layer anyway)."""
+      gathers them again at each token, as FSDP does for every decoder layer anyway);
+    - BS-S's checkpointed belief chunks (bs_unlearn.belief_term) run the whole model's forward again inside the
+      backward, and FSDP2 keeps a layer gathered after a forward run there (it expects that layer's backward
+      next): every layer would be whole at once. So a decoder layer frees its gathered weights after such a
+      forward too, and its backward gathers them again."""
     from torch.distributed.fsdp import fully_shard
+
+    def reshard_after_recompute(layer, args, output):  # see the docstring's last point
+        if torch._C._current_graph_task_id() != -1:  # (a forward run inside a backward)
+            layer.reshard()
     for layer in model.model.layers:
         fully_shard(layer)
+        layer.register_forward_hook(reshard_after_recompute)
     fully_shard(model)
     model.generate = functools.partial(model.generate, synced_gpus=True)
 

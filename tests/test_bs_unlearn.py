@@ -692,6 +692,24 @@ def test_bss_chunks_do_not_change_the_loss(toy, tmp_path):
         assert [r[key] for r in one] == pytest.approx([r[key] for r in many], rel=1e-4), key
 
 
+def test_belief_chunks_keep_no_activations_for_the_backward(toy):
+    # memory flat in N: past --bss_chunk beliefs, belief_term's graph holds (almost) nothing of the chunks'
+    # forwards (checkpointing recomputes them in the backward); in one chunk it holds all their activations
+    model0, tok, forget_ex, _ = toy
+    model = copy.deepcopy(model0).train()
+    beliefs = [dict(e) for e in forget_ex[:48]]  # (any answers will do: the targets themselves)
+
+    def saved_numbers(chunk):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: sizes.append(x.numel()) or x, lambda x: x):
+            value = bs.belief_term(model, tok, beliefs, train_args("bs_s", "--bss_chunk", str(chunk)))
+        return sum(sizes), value
+    whole, one = saved_numbers(1000)
+    chunked, many = saved_numbers(7)
+    assert many.item() == pytest.approx(one.item(), rel=1e-5)
+    assert whole > 1e6 and chunked < 1e-3 * whole, (whole, chunked)
+
+
 @pytest.mark.parametrize("base", ["bs_t", "npo", "ga"])
 def test_micro_step_leaves_the_gradient_of_eq7(toy, base):
     """BS-S's micro-step, beliefs in chunks of 5 (5, 5, 2: unequal), against its objective written out here:
