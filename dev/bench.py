@@ -407,9 +407,7 @@ def bench_row(method, n_beliefs, shape, device, tok, forget_ex, retain_ex, args,
     seqs = args.batch_size * args.grad_accum  # forget examples per optimizer step
     tokens = seqs * (mean_len(forget_ex) + mean_len(retain_ex))  # a forget and a retain batch per micro-step
     row, beliefs = dict(n_params=n_params), None
-    if bs.needs_ref_logps(targs):  # the reference log-probs, once (bs.train would score them too)
-        forget_ex = [dict(e) for e in forget_ex]
-        bs.attach_ref_logps(model, tok, forget_ex, targs.gen_batch_size)
+    forget_ex = [dict(e) for e in forget_ex]  # (bs.train stores NPO's reference log-probs on them)
     if method == "bs_s":  # generation on its own, after a warm-up on one batch of prompts
         bs.sample_beliefs(model, tok, forget_ex[:targs.gen_batch_size], targs)
         reset_peak(device)

@@ -182,8 +182,6 @@ def unlearn(full, tok, forget, retain, beliefs, method, args, extra=()):
     flags = ["--method", method, "--seed", str(args.seed)] + args.unlearn_flags.split() + list(extra)
     targs = bs.get_args(flags)
     forget_ex, retain_ex = bs.encode_rows(tok, forget), bs.encode_rows(tok, retain)
-    if bs.needs_ref_logps(targs):
-        bs.attach_ref_logps(model, tok, forget_ex, 8)  # NPO's reference: the full model, frozen
     micro = math.ceil(len(forget_ex) / targs.batch_size)  # micro-steps per epoch, as bs.train counts them
     total = math.ceil(micro * targs.epochs / targs.grad_accum)  # optimizer steps
     probes, steps, probe_s = {}, [0], [0.0]

@@ -611,9 +611,7 @@ def run_train(toy, method, *extra, tmp_path=None, n_forget=None):
     model0, tok, forget_ex, retain_ex = toy
     model = copy.deepcopy(model0)
     args = train_args(method, *extra)
-    forget_ex = copy.deepcopy(forget_ex[:n_forget])
-    if bs.needs_ref_logps(args):
-        bs.attach_ref_logps(model, tok, forget_ex)
+    forget_ex = copy.deepcopy(forget_ex[:n_forget])  # (bs.train stores NPO's reference log-probs on them)
     if tmp_path:
         os.makedirs(tmp_path, exist_ok=True)
     log = str(tmp_path / f"{method}.jsonl") if tmp_path else None

@@ -56,14 +56,12 @@ def toy_setup(cache):
 
 
 def one_step(model0, tok, forget_ex, retain_ex, flags, batch_size, beliefs, fsdp=False):
-    """One optimizer step as main() sets it up: reference model and NPO's log-probs, then train."""
+    """One optimizer step as main() sets it up: the reference model, then train (which scores NPO's log-probs)."""
     args = step_args(flags, batch_size)
     model, forget_ex = copy.deepcopy(model0), copy.deepcopy(forget_ex)
     ref = copy.deepcopy(model0).eval().requires_grad_(False) if bs.needs_ref_model(args) else None
     if fsdp:
         model, ref = scaling.fsdp(model), ref and scaling.fsdp(ref)
-    if bs.needs_ref_logps(args):
-        bs.attach_ref_logps(model, tok, forget_ex)
     bs.train(model, tok, forget_ex, retain_ex, args, ref_model=ref,
              beliefs=beliefs if args.method == "bs_s" else None)
     return scaling.unsharded(model)

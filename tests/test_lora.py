@@ -38,7 +38,6 @@ def trained(toy):
     model = scaling.add_lora(copy.deepcopy(model0), args.lora_r, args.lora_alpha, args.lora_targets)
     ref = scaling.AdaptersOff(model)
     forget_ex = copy.deepcopy(forget_ex)
-    bs.attach_ref_logps(model, tok, forget_ex)
     with bs.quiet():
         bs.train(model, tok, forget_ex, retain_ex, args, ref_model=ref)
     return model, ref, forget_ex

@@ -198,8 +198,6 @@ def test_methods_lower_the_forget_logprob(smol, method, tmp_path):
     forget_ex, retain_ex = bs.encode_rows(tok, FORGET), bs.encode_rows(tok, RETAIN)
     args = bs.get_args(["--method", method, "--lr", "1e-4", "--epochs", "2", "--batch_size", "4",
                         "--warmup_epochs", "0", "--bss_n", "2", "--sample_every", "1000"])
-    if bs.needs_ref_logps(args):
-        bs.attach_ref_logps(model, tok, forget_ex)
     f0 = bs.score(model0, tok, forget_ex)["logp"].mean().item()
     bs.train(model, tok, forget_ex, retain_ex, args, log_path=str(tmp_path / "log.jsonl"))
     f1 = bs.score(model, tok, forget_ex)["logp"].mean().item()
